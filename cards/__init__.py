@@ -1,0 +1,1 @@
+"""Dataset-card templates (data files, shipped in the wheel)."""

@@ -1,0 +1,114 @@
+"""What a builder module declares, and the items its reader yields.
+
+A builder knows one upstream release format and nothing about parquet, cards or the Hub: it plans
+independent tasks over the source (so builds parallelise and resume per task) and, per task, yields
+`Row`s in the unified schema or `Reject`s with a reason. Everything else is `hubsets.build`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hubsets.filters import Filter
+from hubsets.schema import Record
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Where a record is written: `data/<origin>/<signature>/<split>-NNNNN.parquet`."""
+
+    split: str
+    origin: str
+    signature: str
+
+    @property
+    def directory(self) -> str:
+        return f"data/{self.origin}/{self.signature}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A published config: a predicate over partitions (so nested subsets share files)."""
+
+    name: str
+    description: str
+    selects: Callable[[Partition], bool]
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """An independent unit of reading: one input file, or a slice of one (`part` of `parts`)."""
+
+    file: str
+    """Path relative to the source root, POSIX separators."""
+    part: int = 0
+    parts: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    split: str
+    record: Record
+    file: str
+    row: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input row (or file) that cannot be published, with a short machine reason + detail."""
+
+    file: str
+    row: int | None
+    upstream_id: str | None
+    origin: str
+    reason: str
+    detail: str = ""
+    count: int = 1
+    """How many output rows this reject stands for (e.g. every QA pair of an unreadable image row)."""
+
+
+Item = Row | Reject
+
+
+class BuildError(Exception):
+    """A build cannot proceed; the message names the file and what to do."""
+
+
+@dataclass
+class Options:
+    """User options for one build (`--column`, `--set`, caps)."""
+
+    source: Path
+    columns: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, str] = field(default_factory=dict)
+    max_pixels: int = 64_000_000
+    revision: str | None = None
+
+
+class Builder(Protocol):
+    """The contract every module in `builders/` fulfils (module-level attributes + functions)."""
+
+    NAME: str
+    PRETTY_NAME: str
+    DATASET: str
+    LICENSE: str
+    LICENSE_NOTE: str
+    CITATION: str
+    UPSTREAM_REPO: str
+    UPSTREAM_REVISION: str | None
+    TASK_CATEGORIES: Sequence[str]
+    DESCRIPTION: str
+    ORIGINS: Sequence[str]
+    FILTERS: Sequence[Filter]
+    CONFIGS: Sequence[Config]
+    PAPER_RETENTION: Mapping[str, Mapping[str, float]]
+    VERSION: str
+
+    def plan(self, options: Options) -> list[Task]: ...
+
+    def read(self, task: Task, options: Options) -> Iterator[Item]: ...

@@ -1,0 +1,142 @@
+"""Render a dataset card (README.md) from a `cards/` template and a build manifest.
+
+The YAML header is what the Hub and `datasets` read: configs with their `data_files` (unions of
+partitions), `dataset_info` with features and per-split counts, license, task and size categories.
+The body is the builder's template with measured tables substituted in (`string.Template` `$names`).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from hubsets import resources
+from hubsets.builder import Builder
+from hubsets.schema import FEATURES
+
+SIZE_BUCKETS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+
+
+def size_category(rows: int) -> str:
+    for limit, label in SIZE_BUCKETS:
+        if rows < limit:
+            return label
+    return "1B<n<10B"
+
+
+def metadata(builder: Builder, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's YAML header as a dict (round-trips through `huggingface_hub.DatasetCardData`)."""
+    configs = manifest["configs"]
+    total = sum(sum(c["splits"].values()) for name, c in configs.items() if c["default"])
+    header: dict[str, Any] = {"pretty_name": builder.PRETTY_NAME, "license": builder.LICENSE}
+    if builder.LICENSE == "other":
+        header["license_name"] = "unknown"
+    header.update({
+        "language": ["en"],
+        "task_categories": list(builder.TASK_CATEGORIES),
+        "size_categories": [size_category(total)],
+        "tags": ["synthetic", "hubsets", builder.DATASET],
+        "configs": [
+            {"config_name": name, **({"default": True} if c["default"] else {}),
+             "data_files": [{"split": split, "path": globs} for split, globs in c["data_files"].items()]}
+            for name, c in configs.items() if c["data_files"]
+        ],
+        "dataset_info": [
+            {"config_name": name, "features": FEATURES._to_yaml_list(),
+             "splits": [{"name": split, "num_bytes": c["split_bytes"][split], "num_examples": rows}
+                        for split, rows in c["splits"].items()],
+             "dataset_size": sum(c["split_bytes"].values())}
+            for name, c in configs.items() if c["data_files"]
+        ],
+    })
+    return header
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def configs_table(manifest: Mapping[str, Any]) -> str:
+    lines = ["| config | split | rows | description |", "|---|---|---:|---|"]
+    for name, c in manifest["configs"].items():
+        for split, rows in c["splits"].items():
+            lines.append(f"| `{name}`{' (default)' if c['default'] else ''} | `{split}` | {rows:,} | "
+                         f"{c['description']} |")
+    return "\n".join(lines)
+
+
+def retention_table(manifest: Mapping[str, Any], paper: Mapping[str, Mapping[str, float]]) -> str:
+    """Per origin: rows written, and the share of them each non-default config keeps, next to the paper."""
+    subsets = [n for n, c in manifest["configs"].items() if not c["default"]]
+    header = "| origin | rows | " + " | ".join(f"`{s}` (ours) | `{s}` (paper)" for s in subsets) + " |"
+    lines = [header, "|---|---:|" + "---:|---:|" * len(subsets)]
+    for origin in sorted(manifest["origins"]):
+        written = manifest["origins"][origin]["written"]
+        cells = []
+        for s in subsets:
+            kept = manifest["configs"][s]["origins"].get(origin, 0)
+            ref = paper.get(origin, {}).get(s)
+            cells.append(f"{kept:,} ({_pct(kept, written)}) | {f'{100 * ref:.0f}%' if ref is not None else '–'}")
+        lines.append(f"| `{origin}` | {written:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def accounting_table(manifest: Mapping[str, Any]) -> str:
+    lines = ["| origin | read | written | rejected |", "|---|---:|---:|---:|"]
+    for origin, c in sorted(manifest["origins"].items()):
+        lines.append(f"| `{origin}` | {c['read']:,} | {c['written']:,} | {c['rejected']:,} |")
+    return "\n".join(lines)
+
+
+def rejects_table(manifest: Mapping[str, Any]) -> str:
+    by_origin = manifest["rejects"]["by_origin"]
+    if not by_origin:
+        return "No rows were rejected."
+    lines = ["| origin | reason | rows |", "|---|---|---:|"]
+    for origin, reasons in by_origin.items():
+        for reason, n in reasons.items():
+            lines.append(f"| `{origin}` | `{reason}` | {n:,} |")
+    return "\n".join(lines)
+
+
+def filters_section(manifest: Mapping[str, Any]) -> str:
+    return "\n".join(f"- **{name.upper()}** (`{name}`): {f['definition']}" for name, f in manifest["filters"].items())
+
+
+def render(builder: Builder, manifest: Mapping[str, Any]) -> str:
+    """The full README.md text."""
+    header = yaml.safe_dump(metadata(builder, manifest), sort_keys=False, allow_unicode=True, width=1000)
+    files = manifest["files"]
+    rows = sum(f["rows"] for f in files.values())
+    size = sum(f["bytes"] for f in files.values())
+    upstream = manifest["upstream"]
+    values = {
+        "pretty_name": builder.PRETTY_NAME,
+        "description": builder.DESCRIPTION.strip(),
+        "upstream_repo": upstream["repo"],
+        "upstream_revision": upstream["revision"] or "not pinned (pass --revision to record it)",
+        "license": builder.LICENSE,
+        "license_note": builder.LICENSE_NOTE.strip(),
+        "configs_table": configs_table(manifest),
+        "filters": filters_section(manifest),
+        "retention_table": retention_table(manifest, builder.PAPER_RETENTION),
+        "accounting_table": accounting_table(manifest),
+        "rejects_table": rejects_table(manifest),
+        "rejects_total": f"{manifest['rejects']['rows']:,}",
+        "rows": f"{rows:,}",
+        "bytes": f"{size:,}",
+        "bytes_per_row": f"{size / rows:,.0f}" if rows else "n/a",
+        "files": f"{len(files):,}",
+        "builder_version": manifest["builder"]["version"],
+        "hubsets_version": manifest["builder"]["hubsets_version"],
+        "citation": builder.CITATION.strip(),
+    }
+    extra = getattr(builder, "card_sections", None)
+    if extra is not None:
+        values.update(extra(manifest))
+    body = string.Template(resources.card_template(builder.NAME)).substitute(values)
+    return f"---\n{header}---\n\n{body.strip()}\n"

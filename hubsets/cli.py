@@ -1,0 +1,151 @@
+"""The `hubsets` command. Errors print one line plus a hint; exit 2 for usage, 1 for failure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hubsets.builder import BuildError, Options
+
+
+class UsageError(Exception):
+    """Bad arguments; exit code 2."""
+
+
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    result = {}
+    for value in values or []:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} expects NAME=VALUE, got {value!r}")
+        result[key] = val
+    return result
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from hubsets import builders
+
+    for name in builders.NAMES:
+        builder = builders.get(name)
+        configs = ", ".join(c.name + (" (default)" if c.default else "") for c in builder.CONFIGS)
+        print(f"{name:<12} {builder.PRETTY_NAME:<24} configs: {configs}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hubsets import builders
+
+    try:
+        builder = builders.get(args.name)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    print(f"{builder.PRETTY_NAME} ({builder.NAME}, builder {builder.VERSION})")
+    print(f"upstream: {builder.UPSTREAM_REPO} @ {builder.UPSTREAM_REVISION or 'not pinned'}")
+    print(f"license:  {builder.LICENSE}")
+    print(f"origins:  {', '.join(builder.ORIGINS)}")
+    for config in builder.CONFIGS:
+        print(f"config {config.name}{' (default)' if config.default else ''}: {config.description}")
+    for f in builder.FILTERS:
+        print(f"filter {f.name}: {f.definition}")
+    print()
+    print(" ".join(builder.DESCRIPTION.split()))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from hubsets import builders
+    from hubsets.build import build
+
+    if args.name not in builders.NAMES:
+        raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(builders.NAMES)}")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
+                      settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
+    manifest = build(args.name, options, Path(args.out), workers=args.workers,
+                     allow_bad_files=args.allow_bad_files)
+    _print_summary(manifest, Path(args.out))
+    return 0
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    origins = manifest["origins"]
+    read = sum(c["read"] for c in origins.values())
+    written = sum(c["written"] for c in origins.values())
+    print(f"built {manifest['builder']['name']} into {out}: {read:,} read, {written:,} written, "
+          f"{manifest['rejects']['rows']:,} rejected, {len(manifest['files'])} files")
+    for name, c in manifest["configs"].items():
+        splits = ", ".join(f"{s}={n:,}" for s, n in c["splits"].items()) or "empty"
+        print(f"  config {name:<10} {splits}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hubsets.validate import validate_folder
+
+    errors = validate_folder(Path(args.dir))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        print(f"{args.dir}: {len(errors)} problem(s); rebuild with `hubsets build` or fix the files", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: valid")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hubsets.demo import run
+
+    return run(Path(args.out))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubsets", description="Build, validate, publish and stream synthetic "
+                                "vision-language datasets as Hugging Face Hub datasets.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("list", help="datasets hubsets can build, with their configs")
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("info", help="one dataset: upstream, license, configs, filters")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_info)
+    s = sub.add_parser("build", help="build a Hub-ready folder from an upstream release")
+    s.add_argument("name", help="dataset name (see `hubsets list`)")
+    s.add_argument("--source", required=True, help="folder holding the upstream release")
+    s.add_argument("--out", required=True, help="output folder (README.md, data/, rejects/, hubsets.json)")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--column", action="append", metavar="NAME=UPSTREAM", help="map a field to an upstream column")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="builder-specific setting")
+    s.add_argument("--revision", help="upstream revision (commit sha) the source was taken from")
+    s.add_argument("--max-pixels", type=int, default=64_000_000, help="reject images larger than this")
+    s.add_argument("--allow-bad-files", action="store_true", help="exit 0 even if some input files are unreadable")
+    s.set_defaults(func=cmd_build)
+    s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("demo", help="build the SK-VQA sample and show its configs and counts")
+    s.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"hubsets: error: {exc}", file=sys.stderr)
+        print(f"hint: hubsets {args.command} --help", file=sys.stderr)
+        return 2
+    except (BuildError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"hubsets: error: {exc}", file=sys.stderr)
+        print(f"hint: hubsets {args.command} --help, or fix the input named above", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hubsets: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Check a built folder before it is published: card <-> files <-> parquet schema <-> counts <-> sha256.
+
+Every check appends a precise, one-line message; an empty list means the folder is consistent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from hubsets.schema import FEATURES
+from hubsets.writer import sha256_file
+
+MANIFEST = "hubsets.json"
+
+
+def read_card_yaml(readme: Path) -> dict[str, Any]:
+    """The YAML front matter of a README.md; `ValueError` when it is missing or does not parse."""
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        raise ValueError(f"{readme.name} has no YAML front matter")
+    end = text.find("\n---", 4)
+    if end < 0:
+        raise ValueError(f"{readme.name}: YAML front matter is not closed with ---")
+    data = yaml.safe_load(text[4:end])
+    if not isinstance(data, dict):
+        raise ValueError(f"{readme.name}: YAML front matter is not a mapping")
+    return data
+
+
+def validate_folder(folder: Path) -> list[str]:
+    """All inconsistencies found in `folder` (empty when it is ready to push)."""
+    errors: list[str] = []
+    manifest_path, readme = folder / MANIFEST, folder / "README.md"
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    if not manifest_path.is_file():
+        return [f"{MANIFEST} is missing: {folder} is not a finished hubsets build (re-run hubsets build)"]
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return [f"{MANIFEST} is not valid JSON: {exc}"]
+    if not readme.is_file():
+        return ["README.md (the dataset card) is missing"]
+    try:
+        card = read_card_yaml(readme)
+    except (ValueError, yaml.YAMLError) as exc:
+        return [f"README.md: {exc}"]
+    errors += _check_files(folder, manifest)
+    errors += _check_configs(folder, manifest, card)
+    errors += _check_accounting(folder, manifest)
+    return errors
+
+
+def _check_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    errors = []
+    files: dict[str, Any] = manifest.get("files", {})
+    expected_schema = FEATURES.arrow_schema
+    for rel, entry in sorted(files.items()):
+        path = folder / rel
+        if not path.is_file():
+            errors.append(f"{rel}: listed in {MANIFEST} but missing")
+            continue
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            errors.append(f"{rel}: {size} bytes on disk, {entry['bytes']} in {MANIFEST} (truncated or edited)")
+            continue
+        try:
+            footer = pq.read_metadata(path)
+            schema = pq.read_schema(path)
+        except (pa.ArrowException, OSError) as exc:
+            errors.append(f"{rel}: not a readable parquet file ({str(exc).splitlines()[0]})")
+            continue
+        if footer.num_rows != entry["rows"]:
+            errors.append(f"{rel}: {footer.num_rows} rows in the footer, {entry['rows']} in {MANIFEST}")
+        if not schema.equals(expected_schema, check_metadata=False):
+            errors.append(f"{rel}: parquet schema differs from the unified schema")
+        elif (schema.metadata or {}).get(b"huggingface") != (expected_schema.metadata or {}).get(b"huggingface"):
+            errors.append(f"{rel}: parquet schema lacks the unified HF features metadata")
+        if sha256_file(path) != entry["sha256"]:
+            errors.append(f"{rel}: sha256 differs from {MANIFEST} (file edited after the build)")
+    on_disk = {p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*.parquet")} \
+        if (folder / "data").is_dir() else set()
+    for rel in sorted(on_disk - set(files)):
+        errors.append(f"{rel}: parquet file not listed in {MANIFEST} (left over from another build?)")
+    return errors
+
+
+def _check_configs(folder: Path, manifest: dict[str, Any], card: dict[str, Any]) -> list[str]:
+    errors = []
+    files: dict[str, Any] = manifest.get("files", {})
+    card_configs = {c.get("config_name"): c for c in card.get("configs", []) if isinstance(c, dict)}
+    infos = {i.get("config_name"): i for i in card.get("dataset_info", []) if isinstance(i, dict)}
+    defaults = [name for name, c in card_configs.items() if c.get("default")]
+    if len(defaults) != 1:
+        errors.append(f"README.md: exactly one config must have default: true, found {defaults or 'none'}")
+    for name, expected in manifest.get("configs", {}).items():
+        if not expected["splits"]:
+            continue
+        config = card_configs.get(name)
+        if config is None:
+            errors.append(f"README.md: config {name!r} from {MANIFEST} is missing from configs")
+            continue
+        info_splits = {s.get("name"): s.get("num_examples") for s in infos.get(name, {}).get("splits", [])}
+        for entry in config.get("data_files", []):
+            split = entry.get("split")
+            paths = entry.get("path")
+            globs = [paths] if isinstance(paths, str) else list(paths or [])
+            matched = sorted({p.relative_to(folder).as_posix() for g in globs for p in folder.glob(g)})
+            unknown = [m for m in matched if m not in files]
+            if unknown:
+                errors.append(f"config {name!r} split {split!r}: matches files not in {MANIFEST}: {unknown[:3]}")
+            rows = sum(files[m]["rows"] for m in matched if m in files)
+            want = expected["splits"].get(split)
+            if rows != want:
+                errors.append(f"config {name!r} split {split!r}: files hold {rows} rows, {MANIFEST} says {want}")
+            if info_splits.get(split) != rows:
+                errors.append(f"README.md: dataset_info {name!r} split {split!r} says num_examples "
+                              f"{info_splits.get(split)}, the files hold {rows}")
+    return errors
+
+
+def _check_accounting(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    errors = []
+    for origin, c in manifest.get("origins", {}).items():
+        if c["read"] != c["written"] + c["rejected"]:
+            errors.append(f"origin {origin!r}: read {c['read']} != written {c['written']} + rejected {c['rejected']}")
+    written: Counter[str] = Counter()
+    for p in manifest.get("partitions", []):
+        written[p["origin"]] += p["rows"]
+    for origin, c in manifest.get("origins", {}).items():
+        if written[origin] != c["written"]:
+            errors.append(f"origin {origin!r}: partitions hold {written[origin]} rows, {MANIFEST} says "
+                          f"{c['written']} written")
+    rejects = manifest.get("rejects", {})
+    path = folder / rejects.get("file", "rejects/rejects.jsonl")
+    if not path.is_file():
+        errors.append(f"{rejects.get('file')}: missing")
+    else:
+        with open(path, encoding="utf-8") as f:
+            total = sum(json.loads(line)["rows"] for line in f if line.strip())
+        if total != rejects.get("rows"):
+            errors.append(f"{rejects.get('file')}: holds {total} rejected rows, {MANIFEST} says {rejects.get('rows')}")
+    bad = rejects.get("bad_files", [])
+    if bad and not manifest.get("options", {}).get("allow_bad_files"):
+        errors.append(f"{len(bad)} input file(s) were unreadable ({', '.join(bad[:3])}); rebuild with "
+                      "--allow-bad-files to publish without them")
+    return errors

@@ -1,0 +1,175 @@
+"""Partitioned parquet shard writer.
+
+Records are routed to partitions `(split, origin, signature)`; each partition is a folder of
+`<split>-NNNNN.parquet` files. Files carry the HF `Features` in their schema metadata, use zstd,
+a page index and content-defined chunking (so the Hub's chunk dedup shares bytes across revisions),
+row groups sized for images (`row_group_bytes` of uncompressed data, never over the viewer's 300 MB)
+and roll over at `max_file_bytes`. Memory is bounded by `buffer_bytes` across all partitions: when
+the buffers together exceed it, the largest is flushed as a row group. Output is a deterministic
+function of the record sequence; files appear under their final name only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features
+
+from hubsets.builder import Partition
+from hubsets.schema import FEATURES, Record
+
+MB = 1024 * 1024
+VIEWER_ROW_GROUP_LIMIT = 300 * MB
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: str
+    """Relative to the output folder, POSIX separators."""
+    partition: Partition
+    rows: int
+    bytes: int
+    sha256: str
+    row_groups: int
+    uncompressed: int
+    """Sum of the row groups' uncompressed sizes (what the card reports as `num_bytes`)."""
+
+
+def record_nbytes(record: Record) -> int:
+    """Cheap estimate of a record's uncompressed size, dominated by image and embedding bytes."""
+    size = 64 + len(record["id"])
+    for image in record["images"]:
+        size += len(image["bytes"] or b"") + 16
+    for text in (record["context"], record["caption"]):
+        if text:
+            size += len(text)
+    for message in record["messages"]:
+        for part in message["content"]:
+            size += 8 + len(part["text"] or "")
+    if record["image_embedding"] is not None:
+        size += len(record["image_embedding"]["data"])
+    return size
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Open:
+    partition: Partition
+    rows: list[Record] = field(default_factory=list)
+    nbytes: int = 0
+    file_index: int = 0
+    writer: pq.ParquetWriter | None = None
+    tmp_path: Path | None = None
+
+
+class ShardWriter:
+    """Streams records into partitioned parquet shards under `out`."""
+
+    def __init__(self, out: Path, *, features: Features = FEATURES, row_group_bytes: int = 96 * MB,
+                 row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
+                 buffer_bytes: int = 256 * MB) -> None:
+        if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
+            raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
+        self.out = out
+        self.schema = features.arrow_schema
+        self.row_group_bytes = row_group_bytes
+        self.row_group_rows = row_group_rows
+        self.max_file_bytes = max_file_bytes
+        self.buffer_bytes = buffer_bytes
+        self._open: dict[Partition, _Open] = {}
+        self._buffered = 0
+        self.files: list[WrittenFile] = []
+
+    def write(self, partition: Partition, record: Record) -> None:
+        state = self._open.get(partition)
+        if state is None:
+            state = self._open[partition] = _Open(partition)
+        size = record_nbytes(record)
+        row = dict(record)
+        row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
+        state.rows.append(row)
+        state.nbytes += size
+        self._buffered += size
+        if state.nbytes >= self.row_group_bytes or len(state.rows) >= self.row_group_rows:
+            self._flush(state)
+        while self._buffered > self.buffer_bytes:
+            self._flush(max(self._open.values(), key=lambda s: s.nbytes))
+
+    def close(self) -> list[WrittenFile]:
+        """Flush everything, finish all files, and return them sorted by path."""
+        for state in sorted(self._open.values(), key=lambda s: s.partition.directory + s.partition.split):
+            self._flush(state)
+            self._finish_file(state)
+        self._open.clear()
+        self.files.sort(key=lambda f: f.path)
+        return self.files
+
+    def abort(self) -> None:
+        """Drop unfinished files (their temp names never look finished)."""
+        for state in self._open.values():
+            if state.writer is not None:
+                state.writer.close()
+            if state.tmp_path is not None:
+                state.tmp_path.unlink(missing_ok=True)
+        self._open.clear()
+
+    def _final_path(self, state: _Open) -> Path:
+        p = state.partition
+        return self.out / p.directory / f"{p.split}-{state.file_index:05d}.parquet"
+
+    def _flush(self, state: _Open) -> None:
+        if not state.rows:
+            return
+        table = pa.Table.from_pylist(state.rows, schema=self.schema)
+        if state.writer is None:
+            final = self._final_path(state)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            state.tmp_path = final.with_name(f".{final.name}.tmp")
+            state.writer = pq.ParquetWriter(
+                state.tmp_path, self.schema, compression="zstd", compression_level=3,
+                write_page_index=True, use_content_defined_chunking=True,
+                use_dictionary=["dataset", "origin"], write_statistics=["id", "dataset", "origin"],
+            )
+        state.writer.write_table(table, row_group_size=len(state.rows))
+        self._buffered -= state.nbytes
+        state.rows = []
+        state.nbytes = 0
+        assert state.tmp_path is not None
+        if state.tmp_path.stat().st_size >= self.max_file_bytes:
+            self._finish_file(state)
+
+    def _finish_file(self, state: _Open) -> None:
+        if state.writer is None or state.tmp_path is None:
+            return
+        state.writer.close()
+        final = self._final_path(state)
+        os.replace(state.tmp_path, final)
+        footer = pq.read_metadata(final)  # the footer, not our counters, so accounting checks what was written
+        self.files.append(WrittenFile(
+            path=final.relative_to(self.out).as_posix(), partition=state.partition, rows=footer.num_rows,
+            bytes=final.stat().st_size, sha256=sha256_file(final), row_groups=footer.num_row_groups,
+            uncompressed=sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups)),
+        ))
+        state.writer = None
+        state.tmp_path = None
+        state.file_index += 1
+
+
+def describe(files: list[WrittenFile]) -> dict[str, Any]:
+    """Manifest entries for written files."""
+    return {f.path: {"sha256": f.sha256, "rows": f.rows, "bytes": f.bytes, "row_groups": f.row_groups,
+                     "uncompressed": f.uncompressed} for f in files}
