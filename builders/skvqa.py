@@ -273,7 +273,8 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
         yield Reject(file, row_index, None, "unknown", value.reason, value.detail)
         return
     if not isinstance(value, dict):
-        yield Reject(file, row_index, None, "unknown", "wrong_type", f"row must be an object, got {type(value).__name__}")
+        yield Reject(file, row_index, None, "unknown", "wrong_type",
+                     f"row must be an object, got {type(value).__name__}")
         return
     _, source = _pick(value, mapping["source"])
     origin = origin_of(source)
@@ -311,7 +312,7 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
     image_key = upstream_id or hashlib.sha256(data).hexdigest()[:16]
     if state.key != (origin, image_key):
         state.key, state.next_index = (origin, image_key), 0
-    used = {v for k, v in mapping.items() for v in v if v in value and k != "split"}
+    used = {name for names in mapping.values() for name in names if name in value}
     upstream_extra = {k: sources.to_jsonable(v) for k, v in value.items() if k not in used}
     image_path = image_value if isinstance(image_value, str) else (
         image_value.get("path") if isinstance(image_value, dict) else None)

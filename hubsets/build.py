@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 import hubsets
-from hubsets import builders, card, images, schema
+from hubsets import card, images, registry, schema
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
 from hubsets.writer import ShardWriter, describe
@@ -91,7 +91,7 @@ class _SeenIds:
 
 def process_task(name: str, task: Task, options: Options) -> list[Processed]:
     """Everything CPU-heavy for one task; runs in a worker process."""
-    return list(_process(builders.get(name), task, options, _ImageChecker(options.max_pixels)))
+    return list(_process(registry.get(name), task, options, _ImageChecker(options.max_pixels)))
 
 
 def _process(builder: Builder, task: Task, options: Options, check: _ImageChecker) -> Iterator[Processed]:
@@ -123,7 +123,7 @@ def _accept(builder: Builder, item: Row, check: _ImageChecker) -> Processed:
 
 def _results(name: str, tasks: list[Task], options: Options, workers: int) -> Iterator[list[Processed]]:
     if workers <= 1:
-        builder = builders.get(name)
+        builder = registry.get(name)
         check = _ImageChecker(options.max_pixels)
         for task in tasks:
             yield list(_process(builder, task, options, check))
@@ -151,7 +151,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, allow_bad
     Raises `BuildError` when accounting does not add up, or when input files were unreadable and
     `allow_bad_files` is false (the output is still written, and the manifest records those files).
     """
-    builder = builders.get(name)
+    builder = registry.get(name)
     if not options.source.is_dir():
         raise BuildError(f"source folder {options.source} does not exist")
     tasks = builder.plan(options)

@@ -25,20 +25,20 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from hubsets import builders
+    from hubsets import registry
 
-    for name in builders.NAMES:
-        builder = builders.get(name)
+    for name in registry.names():
+        builder = registry.get(name)
         configs = ", ".join(c.name + (" (default)" if c.default else "") for c in builder.CONFIGS)
         print(f"{name:<12} {builder.PRETTY_NAME:<24} configs: {configs}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hubsets import builders
+    from hubsets import registry
 
     try:
-        builder = builders.get(args.name)
+        builder = registry.get(args.name)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     print(f"{builder.PRETTY_NAME} ({builder.NAME}, builder {builder.VERSION})")
@@ -55,11 +55,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from hubsets import builders
+    from hubsets import registry
     from hubsets.build import build
 
-    if args.name not in builders.NAMES:
-        raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(builders.NAMES)}")
+    if args.name not in registry.names():
+        raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(registry.names())}")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),

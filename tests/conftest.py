@@ -1,0 +1,32 @@
+"""Shared fixtures: small SK-VQA-shaped inputs (real JPEG/PNG bytes) and builds of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubsets import samples
+from hubsets.build import build
+from hubsets.builder import Options
+
+
+@pytest.fixture(scope="session")
+def skvqa_parquet_source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("skvqa-parquet")
+    samples.make_skvqa(root, images=28, qa_per_image=3, layout="parquet", files=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def skvqa_jsonl_source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("skvqa-jsonl")
+    samples.make_skvqa(root, images=28, qa_per_image=3, layout="jsonl", files=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def skvqa_built(skvqa_parquet_source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("skvqa-built") / "skvqa"
+    build("skvqa", Options(source=skvqa_parquet_source), out, progress=False)
+    return out

@@ -1,0 +1,50 @@
+"""The `hubsets` command: help everywhere, one-line errors, exit codes 2 (usage) and 1 (failure)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def hubsets(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hubsets.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_everywhere():
+    for args in ([], ["list"], ["info"], ["build"], ["validate"], ["demo"]):
+        r = hubsets(*args, "--help")
+        assert r.returncode == 0 and "usage: hubsets" in r.stdout, args
+
+
+def test_list_and_info():
+    r = hubsets("list")
+    assert r.returncode == 0 and "skvqa" in r.stdout and "ir_cap" in r.stdout
+    r = hubsets("info", "skvqa")
+    assert r.returncode == 0 and "Intel/SK-VQA" in r.stdout and "re.IGNORECASE" in r.stdout
+
+
+def test_usage_errors_exit_2():
+    r = hubsets("info", "nope")
+    assert r.returncode == 2 and "unknown dataset 'nope'" in r.stderr and "hint:" in r.stderr
+    r = hubsets("build", "skvqa", "--source", "x", "--out", "y", "--column", "broken")
+    assert r.returncode == 2 and "NAME=VALUE" in r.stderr
+    assert hubsets("build").returncode == 2
+
+
+def test_failures_exit_1_with_one_line(tmp_path):
+    r = hubsets("build", "skvqa", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_build_prints_summary(skvqa_parquet_source, tmp_path):
+    r = hubsets("build", "skvqa", "--source", str(skvqa_parquet_source), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "84 read, 84 written, 0 rejected" in r.stdout and "config ir_cap" in r.stdout
+
+
+def test_refuses_to_overwrite_a_foreign_folder(skvqa_parquet_source, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "precious.txt").write_text("keep me")
+    r = hubsets("build", "skvqa", "--source", str(skvqa_parquet_source), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "not a hubsets build" in r.stderr
+    assert (tmp_path / "o" / "precious.txt").read_text() == "keep me"

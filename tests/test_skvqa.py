@@ -1,0 +1,216 @@
+"""SK-VQA end to end: both upstream shapes, every config through plain `datasets`, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Image, List, load_dataset
+from hubsets.builders.skvqa import origin_of
+from PIL import Image as PILImage
+
+from hubsets import samples
+from hubsets.build import build
+from hubsets.builder import BuildError, Options
+from hubsets.validate import validate_folder
+
+
+def expected_ids(images: int, qa_per_image: int, config: str) -> set[str]:
+    """Ids whose filters pass, computed from the sample's declared filter outcomes, not from hubsets."""
+    ids = set()
+    for i in range(images):
+        _, _, ir, cap = samples.SKVQA_CASES[i % len(samples.SKVQA_CASES)]
+        keep = {"default": True, "ir": ir, "ir_cap": ir and cap}[config]
+        if keep:
+            origin = origin_of(samples.SOURCES[i % len(samples.SOURCES)])
+            ids |= {f"skvqa/{origin}/img{i:06d}/{k}" for k in range(qa_per_image)}
+    return ids
+
+
+@pytest.mark.parametrize("config", ["default", "ir", "ir_cap"])
+def test_parquet_build_loads_every_config_with_plain_datasets(skvqa_built, config):
+    ds = load_dataset(str(skvqa_built), config, split="train")
+    assert set(ds["id"]) == expected_ids(28, 3, config)
+    assert len(ds) == len(set(ds["id"]))
+    assert ds.features["images"] == List(Image())
+    row = ds[0]
+    assert isinstance(row["images"][0], PILImage.Image)
+    assert row["messages"][0]["content"][0] == {"type": "image", "text": None}
+    assert row["messages"][1]["role"] == "assistant"
+    assert isinstance(row["meta"], dict) and row["meta"]["answers"]
+
+
+def test_default_config_loads_without_a_name(skvqa_built):
+    ds = load_dataset(str(skvqa_built), split="train")
+    assert len(ds) == 28 * 3
+
+
+def test_jsonl_per_image_rows_with_relative_paths(skvqa_jsonl_source, tmp_path):
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=skvqa_jsonl_source), out, progress=False)
+    assert validate_folder(out) == []
+    for config in ("default", "ir", "ir_cap"):
+        ds = load_dataset(str(out), config, split="train")
+        assert len(ds) == manifest["configs"][config]["splits"]["train"]
+        assert len(set(ds["id"])) == len(ds)
+    ds = load_dataset(str(out), "ir_cap", split="train")
+    assert all(r["meta"]["upstream_id"] is None for r in ds)
+    assert all(len(i.split("/")[2]) == 16 for i in ds["id"])  # sha256 prefix as image key
+
+
+def test_images_are_published_byte_for_byte(skvqa_parquet_source, skvqa_built):
+    upstream = {}
+    for f in sorted((skvqa_parquet_source / "data").glob("*.parquet")):
+        for row in pq.read_table(f).to_pylist():
+            upstream[row["id"]] = row["image"]["bytes"]
+    ds = load_dataset(str(skvqa_built), "default", split="train").cast_column("images", List(Image(decode=False)))
+    for row in ds:
+        assert row["images"][0]["bytes"] == upstream[row["meta"]["upstream_id"]]
+
+
+def test_rows_of_one_image_are_adjacent(skvqa_built):
+    for f in sorted((skvqa_built / "data").rglob("*.parquet")):
+        keys = [i.rsplit("/", 1)[0] for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+        runs = [k for n, k in enumerate(keys) if n == 0 or keys[n - 1] != k]
+        assert len(runs) == len(set(runs)), f
+        assert pq.read_metadata(f).metadata[b"huggingface"]
+
+
+def test_card_reports_counts_retention_and_filters(skvqa_built):
+    text = (skvqa_built / "README.md").read_text()
+    manifest = json.loads((skvqa_built / "hubsets.json").read_text())
+    assert "LAION" not in text.split("---")[1]  # the YAML header is metadata only
+    phrases = ("`\\b(...)\\b`", "Unicode NFKC", "| `laion` |", "64%", "40%", "83%", "50%", "@inproceedings{su2025skvqa")
+    for phrase in phrases:
+        assert phrase in text, phrase
+    assert f"{manifest['configs']['ir_cap']['splits']['train']:,}" in text
+
+
+def bad_jpeg() -> bytes:
+    data = samples.encode(samples.photo_like(64, 48, __import__("numpy").random.default_rng(1)))
+    return data[: len(data) // 2]
+
+
+def good_png() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (20, 10), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_jsonl(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(row if isinstance(row, str) else json.dumps(row))
+            f.write("\n")
+
+
+def test_bad_rows_become_rejects_with_reasons(tmp_path):
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    (src / "img" / "ok.png").write_bytes(good_png())
+    (src / "img" / "bad.jpg").write_bytes(bad_jpeg())
+    (src / "img" / "junk.jpg").write_bytes(b"<html>not an image</html>")
+    ctx = "Rome was founded in 753 BC."
+    rows = [
+        {"id": "ok", "image": "img/ok.png", "context": ctx, "question": "When?", "answer": "753 BC", "source": "LAION"},
+        {"id": "trunc", "image": "img/bad.jpg", "context": ctx, "question": "q", "answer": "a", "source": "LAION"},
+        {"id": "junk", "image": "img/junk.jpg", "context": ctx, "question": "q", "answer": "a", "source": "LAION"},
+        {"id": "gone", "image": "img/missing.jpg", "context": ctx, "question": "q", "answer": "a", "source": "wit"},
+        {"id": "escape", "image": "../outside.jpg", "context": ctx, "question": "q", "answer": "a", "source": "wit"},
+        {"id": "nullctx", "image": "img/ok.png", "context": None, "question": "q", "answer": "a", "source": "wit"},
+        {"id": "blankq", "image": "img/ok.png", "context": ctx, "question": "   ", "answer": "a", "source": "wit"},
+        {"id": "noans", "image": "img/ok.png", "context": ctx, "question": "q", "answer": ["", " "], "source": "wit"},
+        {"id": "typed", "image": "img/ok.png", "context": 42, "question": "q", "answer": "a", "source": "wit"},
+        {"id": "shape", "picture": "img/ok.png", "text": ctx, "source": "wit"},
+        {"id": "multi", "image": "img/ok.png", "context": ctx, "qa": [{"question": "q1", "answer": "a"},
+                                                                        {"question": None, "answer": "a"}],
+         "source": "COCO-Counterfactuals"},
+        "{not json",
+        {"id": "ok", "image": "img/ok.png", "context": ctx, "question": "Again?", "answer": "a", "source": "LAION"},
+    ]
+    write_jsonl(src / "part.jsonl", rows)
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=src), out, progress=False)
+    rejects = [json.loads(line) for line in (out / "rejects" / "rejects.jsonl").read_text().splitlines()]
+    by_id = {(r["upstream_id"], r["reason"]) for r in rejects}
+    assert {("trunc", "image_truncated"), ("junk", "not_an_image"), ("gone", "image_missing"),
+            ("escape", "image_unreadable"), ("nullctx", "empty_context"), ("blankq", "empty_question"),
+            ("noans", "empty_answer"), ("typed", "wrong_type"), ("shape", "unknown_shape"),
+            ("multi", "empty_question"), (None, "bad_json")} <= by_id
+    assert all(r["file"] == "part.jsonl" and r["row"] is not None for r in rejects)
+    shape = next(r for r in rejects if r["reason"] == "unknown_shape")
+    assert "picture" in shape["detail"] and "--column" in shape["detail"]
+    # the second "ok" row continues the QA index of the first (same image, adjacent rows)
+    ds = load_dataset(str(out), "default", split="train")
+    assert sorted(ds["id"]) == ["skvqa/coco_cf/multi/0", "skvqa/laion/ok/0"]
+    totals = manifest["origins"]
+    assert sum(c["read"] for c in totals.values()) == sum(c["written"] + c["rejected"] for c in totals.values())
+    assert manifest["rejects"]["rows"] == len(rejects)
+    assert validate_folder(out) == []
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ctx = "Rome was founded in 753 BC."
+    row = {"id": "dup", "image": {"bytes": good_png(), "path": None}, "context": ctx, "question": "q",
+           "answer": "753 BC"}
+    other = dict(row, id="other")
+    pq.write_table(pa.Table.from_pylist([row, other, row]), src / "a.parquet")
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=src), out, progress=False)
+    assert manifest["rejects"]["by_reason"] == {"duplicate_id": 1}
+    assert manifest["origins"]["unknown"] == {"read": 3, "written": 2, "rejected": 1}
+
+
+def test_unreadable_file_fails_the_build_unless_allowed(tmp_path):
+    src = tmp_path / "src"
+    samples.make_skvqa(src, images=4, qa_per_image=2, files=1)
+    (src / "data" / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(BuildError, match="broken.parquet"):
+        build("skvqa", Options(source=src), tmp_path / "out", progress=False)
+    assert any("unreadable" in e for e in validate_folder(tmp_path / "out"))
+    manifest = build("skvqa", Options(source=src), tmp_path / "out2", progress=False, allow_bad_files=True)
+    assert manifest["rejects"]["bad_files"] == ["data/broken.parquet"]
+    assert validate_folder(tmp_path / "out2") == []
+
+
+def test_column_overrides_and_unmapped_columns_go_to_meta(tmp_path):
+    src = tmp_path / "src"
+    row = {"uid": "x1", "pic": {"bytes": good_png(), "path": "x1.png"}, "doc": "Paris is in France.",
+           "q": "Where?", "a": ["France", "FR"], "kind": "Wikipedia", "score": float("nan"), "split": "test"}
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist([row]), src / "rows.parquet")
+    out = tmp_path / "out"
+    build("skvqa", Options(source=src, columns={"id": "uid", "image": "pic", "context": "doc", "question": "q",
+                                                "answer": "a", "source": "kind"}), out, progress=False)
+    ds = load_dataset(str(out), "ir_cap", split="test")
+    assert ds["id"] == ["skvqa/wiki/x1/0"]
+    meta = ds[0]["meta"]
+    assert meta["answers"] == ["France", "FR"] and meta["upstream"] == {"score": None}
+    assert ds[0]["messages"][1]["content"][0]["text"] == "France"
+
+
+@pytest.mark.parametrize(("value", "origin"), [
+    ("LAION", "laion"), ("laion-400m", "laion"), ("WIT", "wit"), ("Wikipedia", "wiki"), ("wiki", "wiki"),
+    ("COCO-Counterfactuals", "coco_cf"), ("coco_cf", "coco_cf"), ("Some Other Source", "some_other_source"),
+    (None, "unknown"), ("", "unknown"),
+])
+def test_origin_mapping(value, origin):
+    assert origin_of(value) == origin
+
+
+def test_parallel_build_is_byte_identical(skvqa_parquet_source, skvqa_built, tmp_path):
+    out = tmp_path / "parallel"
+    build("skvqa", Options(source=skvqa_parquet_source), out, workers=2, progress=False)
+    one = json.loads((skvqa_built / "hubsets.json").read_text())
+    two = json.loads((out / "hubsets.json").read_text())
+    assert one["files"] == two["files"]
+    one.pop("provenance"), two.pop("provenance")
+    assert one == two
+    assert (skvqa_built / "README.md").read_text() == (out / "README.md").read_text()

@@ -1,0 +1,68 @@
+"""The partitioned shard writer: row-group sizing, file roll-over, bounded buffers, determinism."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+
+from hubsets.builder import Partition
+from hubsets.schema import FEATURES, empty_record
+from hubsets.writer import ShardWriter, record_nbytes
+
+KB = 1024
+
+
+def rec(i: int, size: int = 10 * KB, origin: str = "laion") -> dict:
+    return empty_record(id=f"skvqa/{origin}/{i}/0", dataset="skvqa", origin=origin,
+                        images=[{"bytes": os.urandom(size), "path": None}], context="c", meta={"i": i})
+
+
+def test_row_groups_and_files_roll_over(tmp_path):
+    w = ShardWriter(tmp_path, row_group_bytes=100 * KB, max_file_bytes=300 * KB)
+    part = Partition("train", "laion", "ir_cap")
+    for i in range(100):
+        w.write(part, rec(i))
+    files = w.close()
+    assert [f.path for f in files] == [f"data/laion/ir_cap/train-{n:05d}.parquet" for n in range(len(files))]
+    assert len(files) > 1 and sum(f.rows for f in files) == 100
+    for f in files:
+        md = pq.read_metadata(tmp_path / f.path)
+        sizes = [md.row_group(i).total_byte_size for i in range(md.num_row_groups)]
+        assert all(s < 200 * KB for s in sizes)
+        assert md.row_group(0).column(0).compression == "ZSTD"
+        assert pq.read_schema(tmp_path / f.path).equals(FEATURES.arrow_schema)
+        assert tmp_path.joinpath(f.path).stat().st_size < 300 * KB + 200 * KB
+    ids = [i for f in files for i in pq.read_table(tmp_path / f.path, columns=["id"]).column("id").to_pylist()]
+    assert ids == [f"skvqa/laion/{i}/0" for i in range(100)]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_buffers_stay_within_budget(tmp_path):
+    w = ShardWriter(tmp_path, row_group_bytes=10_000 * KB, buffer_bytes=200 * KB)
+    peak = 0
+    for i in range(200):
+        w.write(Partition("train", ["a", "b", "c", "d"][i % 4], "none"), rec(i, origin="x"))
+        peak = max(peak, w._buffered)
+    assert peak <= 200 * KB + record_nbytes(rec(0))
+    assert sum(f.rows for f in w.close()) == 200
+
+
+def test_output_is_deterministic(tmp_path):
+    def run(out):
+        w = ShardWriter(out, row_group_bytes=50 * KB)
+        for i in range(30):
+            r = rec(i)
+            r["images"][0]["bytes"] = bytes([i % 256]) * (5 * KB)
+            w.write(Partition("train", "laion", ["ir", "none"][i % 2]), r)
+        return [(f.path, f.sha256) for f in w.close()]
+
+    assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+def test_abort_leaves_nothing_that_looks_finished(tmp_path):
+    w = ShardWriter(tmp_path, row_group_bytes=20 * KB)
+    for i in range(10):
+        w.write(Partition("train", "laion", "none"), rec(i))
+    w.abort()
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
