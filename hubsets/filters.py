@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from hubsets.schema import Record
 
@@ -51,11 +52,17 @@ def check_names(filters: Sequence[Filter]) -> None:
 
 # --- text helpers shared by filters -------------------------------------------------------------
 
+_NOT_LETTER_OR_DIGIT = re.compile(r"[\W_]+")
+"""Exactly the characters outside Unicode categories L* and N* (checked over every code point in the tests)."""
+
+
+@lru_cache(maxsize=1024)
 def normalize_text(text: str) -> str:
-    """NFKC, lower-case, every non letter/digit (Unicode L*, N*) to a space, spaces collapsed, stripped."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    chars = [c if unicodedata.category(c)[0] in "LN" else " " for c in text]
-    return " ".join("".join(chars).split())
+    """NFKC, lower-case, every non letter/digit (Unicode L*, N*) to a space, spaces collapsed, stripped.
+
+    Cached: the QA rows of one image share a context, so it is normalized once.
+    """
+    return " ".join(_NOT_LETTER_OR_DIGIT.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
 
 
 def contains_tokens(haystack_norm: str, needle: str) -> bool:

@@ -7,14 +7,13 @@ errors carry the JSON path of the offending value so a reject reason points at t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-import jsonschema
+import fastjsonschema
 from datasets import Features, Image, Json, List, Value
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from jsonschema import Draft7Validator
 
 from hubsets import resources
 
@@ -65,49 +64,55 @@ def empty_record(**fields: Any) -> Record:
     return record
 
 
-_BASE_TYPE = Draft202012Validator.VALIDATORS["type"]
+_BINARY_STANDIN = "AAAA"
+"""Valid base64 standing in for non-empty binary values: the schemas describe binary in its JSON form."""
 
 
-def _type_with_bytes(validator: Any, types: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
-    """`type` that accepts raw `bytes` where the schema says base64 string (the JSON form of binary)."""
-    if isinstance(instance, bytes | bytearray | memoryview) and schema.get("contentEncoding") == "base64":
-        allowed = [types] if isinstance(types, str) else list(types)
-        if "string" in allowed:
-            return
-        yield ValidationError(f"binary value is not of type {types!r}")
-        return
-    yield from _BASE_TYPE(validator, types, instance, schema)
+def _json_view(record: Record) -> Record:
+    """`record` with raw bytes replaced by base64 stand-ins (empty stays empty), without copying the bytes."""
+    view = dict(record)
+    images = record.get("images")
+    if isinstance(images, list):
+        view["images"] = [
+            {**image, "bytes": _binary_standin(image["bytes"])}
+            if isinstance(image, dict) and isinstance(image.get("bytes"), bytes | bytearray | memoryview) else image
+            for image in images
+        ]
+    embedding = record.get("image_embedding")
+    if isinstance(embedding, dict) and isinstance(embedding.get("data"), bytes | bytearray | memoryview):
+        view["image_embedding"] = {**embedding, "data": _binary_standin(embedding["data"])}
+    return view
 
 
-_Validator = jsonschema.validators.extend(Draft202012Validator, {"type": _type_with_bytes})
+def _binary_standin(value: bytes | bytearray | memoryview) -> str:
+    return _BINARY_STANDIN if len(value) else ""
 
 
 @cache
-def _validator(name: str) -> Any:
+def _validator(name: str) -> Callable[[Any], Any]:
+    """A compiled validator (fastjsonschema: ~50x faster than interpreting the schema per record)."""
     schema = resources.schema(name)
-    Draft202012Validator.check_schema(schema)
-    return _Validator(schema)
+    Draft7Validator.check_schema(schema)
+    return cast(Callable[[Any], Any], fastjsonschema.compile(schema))
 
 
-def _first_error(validator: Any, instance: Any, prefix: str) -> str | None:
-    error = next(iter(validator.iter_errors(instance)), None)
-    if error is None:
-        return None
-    path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    message = error.message
-    if len(message) > 200:
-        message = message[:200] + "..."
-    return f"{path}: {message}"
+def _first_error(name: str, instance: Any, prefix: str) -> str | None:
+    try:
+        _validator(name)(instance)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        where = prefix + (exc.name or "data").removeprefix("data")
+        message = str(exc.message).removeprefix(exc.name or "").strip()
+        return f"{where}: {message[:200]}"
+    return None
 
 
 def validate(record: Record) -> str | None:
     """Validate `record` against `record.schema.json` and its dataset's meta schema.
 
     Returns None when valid, else a one-line reason starting with the JSON path, e.g.
-    ``$.messages[0].content[1].text: None is not of type 'string'``.
+    ``schema: $.messages[0].content[1].text: must be string``.
     """
-    reason = _first_error(_validator("record"), record, "$")
-    if reason is not None:
-        return f"schema: {reason}"
-    reason = _first_error(_validator(f"meta/{record['dataset']}"), record["meta"], "$.meta")
+    reason = _first_error("record", _json_view(record), "$")
+    if reason is None:
+        reason = _first_error(f"meta/{record['dataset']}", record["meta"], "$.meta")
     return None if reason is None else f"schema: {reason}"

@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,11 +80,18 @@ class _Open:
 
 
 class ShardWriter:
-    """Streams records into partitioned parquet shards under `out`."""
+    """Streams records into partitioned parquet shards under `out`.
 
-    def __init__(self, out: Path, *, features: Features = FEATURES, row_group_bytes: int = 96 * MB,
+    Row groups are converted to Arrow on the caller's thread and encoded, compressed and written on one
+    background thread (pyarrow releases the GIL there), so writing overlaps with reading and image checks.
+    At most `_MAX_PENDING` row groups wait for the writer thread, which keeps memory bounded.
+    """
+
+    _MAX_PENDING = 2
+
+    def __init__(self, out: Path, *, features: Features = FEATURES, row_group_bytes: int = 64 * MB,
                  row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
-                 buffer_bytes: int = 256 * MB) -> None:
+                 buffer_bytes: int = 192 * MB) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
@@ -92,6 +102,8 @@ class ShardWriter:
         self.buffer_bytes = buffer_bytes
         self._open: dict[Partition, _Open] = {}
         self._buffered = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
+        self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
 
     def write(self, partition: Partition, record: Record) -> None:
@@ -113,19 +125,31 @@ class ShardWriter:
         """Flush everything, finish all files, and return them sorted by path."""
         for state in sorted(self._open.values(), key=lambda s: s.partition.directory + s.partition.split):
             self._flush(state)
-            self._finish_file(state)
+            self._submit(self._finish_file, state)
+        self._drain()
+        self._io.shutdown()
         self._open.clear()
         self.files.sort(key=lambda f: f.path)
         return self.files
 
     def abort(self) -> None:
         """Drop unfinished files (their temp names never look finished)."""
+        self._io.shutdown(cancel_futures=True)
         for state in self._open.values():
             if state.writer is not None:
                 state.writer.close()
             if state.tmp_path is not None:
                 state.tmp_path.unlink(missing_ok=True)
         self._open.clear()
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self._MAX_PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._io.submit(fn, *args))
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
     def _final_path(self, state: _Open) -> Path:
         p = state.partition
@@ -135,6 +159,13 @@ class ShardWriter:
         if not state.rows:
             return
         table = pa.Table.from_pylist(state.rows, schema=self.schema)
+        self._buffered -= state.nbytes
+        state.rows = []
+        state.nbytes = 0
+        self._submit(self._write_group, state, table)
+
+    def _write_group(self, state: _Open, table: pa.Table) -> None:
+        """Writer thread: append one row group, rolling over to a new file past `max_file_bytes`."""
         if state.writer is None:
             final = self._final_path(state)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -142,17 +173,19 @@ class ShardWriter:
             state.writer = pq.ParquetWriter(
                 state.tmp_path, self.schema, compression="zstd", compression_level=3,
                 write_page_index=True, use_content_defined_chunking=True,
-                use_dictionary=["dataset", "origin"], write_statistics=["id", "dataset", "origin"],
+                # Dictionary-encoding image bytes stores an image once per row group however many rows
+                # (e.g. SK-VQA QA pairs) repeat it; the page limit lets a whole row group's images fit.
+                use_dictionary=["dataset", "origin", "images.list.element.bytes"],
+                dictionary_pagesize_limit=self.row_group_bytes,
+                write_statistics=["id", "dataset", "origin"],
             )
-        state.writer.write_table(table, row_group_size=len(state.rows))
-        self._buffered -= state.nbytes
-        state.rows = []
-        state.nbytes = 0
+        state.writer.write_table(table, row_group_size=len(table))
         assert state.tmp_path is not None
         if state.tmp_path.stat().st_size >= self.max_file_bytes:
             self._finish_file(state)
 
     def _finish_file(self, state: _Open) -> None:
+        """Writer thread: close the file and move it to its final name."""
         if state.writer is None or state.tmp_path is None:
             return
         state.writer.close()

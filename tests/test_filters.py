@@ -64,3 +64,17 @@ def test_sample_cases_are_what_they_claim(context, answers, ir, cap):
     assert CAP.passes(r) is cap
     sig = signature(FILTERS, r)
     assert passed_filters(sig, FILTERS) == {name for name, ok in (("ir", ir), ("cap", cap)) if ok}
+
+
+def test_non_letter_digit_class_matches_unicode_categories_exactly():
+    import re
+    import sys
+    import unicodedata
+
+    from hubsets.filters import _NOT_LETTER_OR_DIGIT
+
+    assert _NOT_LETTER_OR_DIGIT.pattern == r"[\W_]+"
+    word = re.compile(r"[^\W_]")
+    mismatches = [cp for cp in range(sys.maxunicode + 1)
+                  if bool(word.match(chr(cp))) != (unicodedata.category(chr(cp))[0] in "LN")]
+    assert mismatches == []
