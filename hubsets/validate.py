@@ -53,6 +53,8 @@ def validate_folder(folder: Path) -> list[str]:
     except (ValueError, yaml.YAMLError) as exc:
         return [f"README.md: {exc}"]
     errors += _check_files(folder, manifest)
+    if not any(c["written"] for c in manifest.get("origins", {}).values()):
+        return errors + ["no rows were written (every input row was rejected; see rejects/rejects.jsonl)"]
     errors += _check_configs(folder, manifest, card)
     errors += _check_accounting(folder, manifest)
     return errors
