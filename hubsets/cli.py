@@ -94,6 +94,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hubsets.server import serve
+
+    serve(Path(args.root), host=args.host, port=args.port, tokens=Path(args.tokens) if args.tokens else None)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from hubsets.hub import PushError, push
+
+    if args.repo.count("/") != 1:
+        raise UsageError(f"--repo must be ORG/NAME, got {args.repo!r}")
+    try:
+        result = push(Path(args.dir), args.repo, endpoint=args.endpoint, revision=args.revision,
+                      create_pr=args.create_pr, private=args.private, message=args.message)
+    except PushError as exc:
+        print(f"hubsets: error: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hubsets.demo import run
 
@@ -123,7 +145,22 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
     s.add_argument("dir")
     s.set_defaults(func=cmd_validate)
-    s = sub.add_parser("demo", help="build the SK-VQA sample and show its configs and counts")
+    s = sub.add_parser("serve", help="serve the Hub's HTTP protocol over a local folder (offline Hub)")
+    s.add_argument("root", help="folder holding the server state (created if missing)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    s.add_argument("--tokens", help="JSON/YAML file: token -> {user, access: read|write}")
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("push", help="publish a built folder as one incremental commit")
+    s.add_argument("dir", help="a folder made by `hubsets build`")
+    s.add_argument("--repo", required=True, help="ORG/NAME of the dataset repo")
+    s.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or the real Hub)")
+    s.add_argument("--revision", default="main", help="branch to push to (default main)")
+    s.add_argument("--create-pr", action="store_true", help="open a pull request instead of moving the branch")
+    s.add_argument("--private", action="store_true", help="create the repo private (only when it is created)")
+    s.add_argument("-m", "--message", help="commit message")
+    s.set_defaults(func=cmd_push)
+    s = sub.add_parser("demo", help="build the SK-VQA sample, serve it, push it and load it back with datasets")
     s.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
     s.set_defaults(func=cmd_demo)
     return p

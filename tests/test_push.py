@@ -1,0 +1,199 @@
+"""`hubsets push` into `hubsets serve`, then the stock `datasets`/`huggingface_hub` clients read it back."""
+
+from __future__ import annotations
+
+import pytest
+from conftest_hub import (
+    ServerProcess,
+    built_copy,
+    client_env,
+    config_rows,
+    folder_digests,
+    manifest,
+    rewrite_shard,
+    run_client,
+)
+from huggingface_hub import HfApi
+
+from hubsets.hub import PushError, push
+
+LOAD_EVERYTHING = """
+import hashlib, os
+import datasets
+from huggingface_hub import HfFileSystem, snapshot_download
+
+repo = ARGS["repo"]
+out = {"configs": datasets.get_dataset_config_names(repo)}
+out["rows"] = {c: len(datasets.load_dataset(repo, c, split="train")) for c in out["configs"]}
+out["streamed"] = {c: sum(1 for _ in datasets.load_dataset(repo, c, split="train", streaming=True))
+                   for c in out["configs"]}
+out["default_rows"] = len(datasets.load_dataset(repo, split="train"))
+first = next(iter(datasets.load_dataset(repo, "ir_cap", split="train", streaming=True)))
+out["image_size"] = list(first["images"][0].size)
+fs = HfFileSystem()
+out["ls"] = sorted(e["name"] for e in fs.ls(f"datasets/{repo}/data", detail=True))
+out["glob"] = sorted(fs.glob(f"datasets/{repo}/data/**/*.parquet"))
+with fs.open(f"datasets/{repo}/hubsets.json", "rb") as f:
+    out["opened"] = hashlib.sha256(f.read()).hexdigest()
+snapshot = snapshot_download(repo, repo_type="dataset")
+out["snapshot"] = {}
+for dirpath, _, names in os.walk(snapshot):
+    for name in names:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as f:
+            out["snapshot"][os.path.relpath(path, snapshot)] = hashlib.sha256(f.read()).hexdigest()
+print(json.dumps(out))
+"""
+
+COUNT_ROWS = """
+import datasets
+out = {}
+for revision in ARGS["revisions"]:
+    out[revision] = {c: len(datasets.load_dataset(ARGS["repo"], c, split="train", revision=revision))
+                     for c in ARGS["configs"]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServerProcess(tmp_path_factory.mktemp("push-server") / "root")
+    yield proc
+    proc.stop()
+
+
+def api(server: ServerProcess) -> HfApi:
+    return HfApi(endpoint=server.url, token=False)
+
+
+def puts(server: ServerProcess) -> int:
+    return server.log().count('"PUT ')
+
+
+def test_push_then_load_every_config_stream_browse_and_snapshot(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    result = push(folder, "org/skvqa", endpoint=server.url, token=False)
+    files = folder_digests(folder)
+    assert sorted(result.added) == sorted(files) and not result.changed and not result.deleted
+    assert result.commit_url and result.commit_url.startswith(f"{server.url}/datasets/org/skvqa/commit/")
+    assert f"{len(files)} added" in result.summary()
+
+    out = run_client(LOAD_EVERYTHING, client_env(server.url, tmp_path / "hf"), repo="org/skvqa")
+    rows = config_rows(folder)
+    assert sorted(out["configs"]) == sorted(rows)
+    assert out["rows"] == rows and out["streamed"] == rows
+    assert out["default_rows"] == rows["default"]
+    assert min(out["image_size"]) > 0
+    data_files = sorted(manifest(folder)["files"])
+    assert out["glob"] == [f"datasets/org/skvqa/{f}" for f in data_files]
+    assert out["ls"] == sorted({f"datasets/org/skvqa/data/{f.split('/')[1]}" for f in data_files})
+    assert out["opened"] == files["hubsets.json"]
+    assert out["snapshot"] == files  # byte for byte, nothing missing, nothing extra
+
+
+def test_second_push_makes_no_commit_and_uploads_nothing(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    push(folder, "org/noop", endpoint=server.url, token=False)
+    commits, put_count = len(api(server).list_repo_commits("org/noop", repo_type="dataset")), puts(server)
+
+    again = push(folder, "org/noop", endpoint=server.url, token=False)
+
+    assert again.commit_url is None and again.bytes_uploaded == 0
+    assert not (again.added or again.changed or again.deleted)
+    assert "no commit" in again.summary()
+    assert len(api(server).list_repo_commits("org/noop", repo_type="dataset")) == commits
+    assert puts(server) == put_count
+
+
+def test_changing_one_shard_uploads_exactly_that_shard(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    push(folder, "org/oneshard", endpoint=server.url, token=False)
+    shard = "data/laion/ir/train-00000.parquet"
+    rewrite_shard(folder, shard)
+    put_count = puts(server)
+
+    result = push(folder, "org/oneshard", endpoint=server.url, token=False)
+
+    assert sorted(result.changed) == [shard, "hubsets.json"]  # the manifest records the shard's new sha256
+    assert not result.added and not result.deleted
+    assert result.bytes_uploaded == (folder / shard).stat().st_size + (folder / "hubsets.json").stat().st_size
+    assert puts(server) == put_count + 1  # one LFS upload: the shard (the small manifest goes inline)
+    remote = {f.path: f for f in api(server).list_repo_tree("org/oneshard", recursive=True, repo_type="dataset")
+              if hasattr(f, "lfs")}
+    assert remote[shard].lfs.sha256 == manifest(folder)["files"][shard]["sha256"]
+
+
+def test_removed_partition_is_deleted_in_the_same_commit(server, tmp_path_factory, tmp_path):
+    full = built_copy(tmp_path_factory, tmp_path / "full")
+    smaller = built_copy(tmp_path_factory, tmp_path / "smaller", images=20, seed=1)
+    gone = sorted(set(manifest(full)["files"]) - set(manifest(smaller)["files"]))
+    assert gone == ["data/wit/none/train-00000.parquet"]
+    push(full, "org/shrink", endpoint=server.url, token=False)
+    before = api(server).list_repo_commits("org/shrink", repo_type="dataset")
+
+    result = push(smaller, "org/shrink", endpoint=server.url, token=False)
+
+    assert list(result.deleted) == gone
+    after = api(server).list_repo_commits("org/shrink", repo_type="dataset")
+    assert len(after) == len(before) + 1 and after[1].commit_id == before[0].commit_id
+    remote = set(api(server).list_repo_files("org/shrink", repo_type="dataset"))
+    assert remote == set(folder_digests(smaller))
+
+
+def test_create_pr_leaves_main_untouched_and_the_pr_loads(server, tmp_path_factory, tmp_path):
+    v1 = built_copy(tmp_path_factory, tmp_path / "v1")
+    v2 = built_copy(tmp_path_factory, tmp_path / "v2", images=20, seed=1)
+    push(v1, "org/pr", endpoint=server.url, token=False)
+    main_before = api(server).dataset_info("org/pr").sha
+
+    result = push(v2, "org/pr", endpoint=server.url, token=False, create_pr=True, message="smaller sample")
+
+    assert result.pr_url and result.pr_url.endswith("/discussions/1") and "pull request" in result.summary()
+    assert api(server).dataset_info("org/pr").sha == main_before
+    refs = api(server).list_repo_refs("org/pr", repo_type="dataset", include_pull_requests=True)
+    assert [ref.ref for ref in refs.pull_requests or []] == ["refs/pr/1"]
+    configs = sorted(config_rows(v1))
+    out = run_client(COUNT_ROWS, client_env(server.url, tmp_path / "hf"), repo="org/pr",
+                     revisions=["main", "refs/pr/1"], configs=configs)
+    assert out["main"] == config_rows(v1)
+    assert out["refs/pr/1"] == config_rows(v2)
+
+
+def test_invalid_folder_is_refused_before_any_network_call(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    shard = sorted((folder / "data").rglob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+
+    with pytest.raises(PushError, match="not ready to push") as err:
+        push(folder, "org/invalid", endpoint=server.url, token=False)
+
+    assert shard.relative_to(folder).as_posix() in str(err.value)
+    assert not api(server).repo_exists("org/invalid", repo_type="dataset")
+
+
+def test_push_to_a_new_branch_creates_it_from_main_and_leaves_main_alone(server, tmp_path_factory, tmp_path):
+    v1 = built_copy(tmp_path_factory, tmp_path / "v1")
+    v2 = built_copy(tmp_path_factory, tmp_path / "v2", images=20, seed=1)
+    push(v1, "org/branches", endpoint=server.url, token=False)
+    main = api(server).dataset_info("org/branches").sha
+
+    result = push(v2, "org/branches", endpoint=server.url, token=False, revision="v2-preview")
+
+    assert result.revision == "v2-preview" and result.deleted == ("data/wit/none/train-00000.parquet",)
+    assert api(server).dataset_info("org/branches").sha == main
+    commits = api(server).list_repo_commits("org/branches", repo_type="dataset", revision="v2-preview")
+    assert commits[1].commit_id == main
+
+
+def test_a_built_folder_under_root_is_served_read_only_without_a_push(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, server.root / "datasets" / "local" / "skvqa")
+
+    out = run_client(LOAD_EVERYTHING, client_env(server.url, tmp_path / "hf"), repo="local/skvqa")
+
+    rows = config_rows(folder)
+    assert out["rows"] == rows and out["streamed"] == rows and out["default_rows"] == rows["default"]
+    assert out["snapshot"] == folder_digests(folder)
+    assert push(folder, "local/skvqa", endpoint=server.url, token=False).commit_url is None  # same bytes
+    other = built_copy(tmp_path_factory, tmp_path / "other", images=20, seed=1)
+    with pytest.raises(PushError, match="read-only"):
+        push(other, "local/skvqa", endpoint=server.url, token=False)
