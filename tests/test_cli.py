@@ -11,7 +11,7 @@ def hubsets(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_help_everywhere():
-    for args in ([], ["list"], ["info"], ["build"], ["validate"], ["demo"]):
+    for args in ([], ["list"], ["info"], ["build"], ["validate"], ["serve"], ["push"], ["demo"]):
         r = hubsets(*args, "--help")
         assert r.returncode == 0 and "usage: hubsets" in r.stdout, args
 
@@ -48,3 +48,10 @@ def test_refuses_to_overwrite_a_foreign_folder(skvqa_parquet_source, tmp_path):
     r = hubsets("build", "skvqa", "--source", str(skvqa_parquet_source), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "not a hubsets build" in r.stderr
     assert (tmp_path / "o" / "precious.txt").read_text() == "keep me"
+
+
+def test_push_refuses_an_invalid_folder_with_one_line(tmp_path):
+    r = hubsets("push", str(tmp_path), "--repo", "org/name", "--endpoint", "http://127.0.0.1:9")
+    assert r.returncode == 1 and "not ready to push" in r.stderr and "Traceback" not in r.stderr
+    r = hubsets("push", str(tmp_path), "--repo", "no-slash")
+    assert r.returncode == 2 and "ORG/NAME" in r.stderr
