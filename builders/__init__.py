@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-NAMES: tuple[str, ...] = ("skvqa",)
+NAMES: tuple[str, ...] = ("skvqa", "allava", "stablellava", "kale", "synth2")
 """Registered builders, in the order `hubsets list` shows them."""
 

@@ -8,6 +8,7 @@ bounds memory together with the writer's buffer budget.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -30,6 +31,8 @@ from hubsets.writer import ShardWriter, describe
 
 MANIFEST = "hubsets.json"
 REJECTS = "rejects/rejects.jsonl"
+CACHE = ".cache"
+"""Builders' caches under the output folder; never deleted by a rebuild, never part of the dataset."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +157,17 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, allow_bad
     builder = registry.get(name)
     if not options.source.is_dir():
         raise BuildError(f"source folder {options.source} does not exist")
+    _check_out(out)
+    if options.out is None:
+        options = dataclasses.replace(options, out=out)
     tasks = builder.plan(options)
     if not tasks:
         raise BuildError(f"no input files found under {options.source} for {name}")
     _prepare_out(out)
     stats = Stats()
+    plan_stats = getattr(builder, "plan_stats", None)
+    if plan_stats is not None:
+        stats.extra.update(plan_stats(options, tasks))
     writer = ShardWriter(out, **(writer_options or {}))
     started = time.time()
     bar = tqdm(total=len(tasks), unit="task", disable=(None if progress is None else not progress),
@@ -172,12 +181,13 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, allow_bad
             for batch in _results(name, tasks, options, workers):
                 for item in batch:
                     if isinstance(item, Reject):
-                        _count_reject(stats, item, rejects)
+                        _count_reject(stats, item, rejects, builder)
                     elif not seen_ids.add(item.record["id"]):
                         _count_reject(stats, Reject(item.record["meta"].get("source_file", "?"),
                                                     item.record["meta"].get("source_row"), None,
                                                     item.partition.origin, "duplicate_id",
-                                                    f"id {item.record['id']} was already written"), rejects)
+                                                    f"id {item.record['id']} was already written"), rejects,
+                                      builder)
                     else:
                         _count_written(builder, stats, item)
                         writer.write(item.partition, item.record)
@@ -202,11 +212,20 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, allow_bad
     return manifest
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that is not empty and not a hubsets build (a killed build counts as one)."""
+    if (out.exists() and any(c.name != CACHE for c in out.iterdir())
+            and not any((out / marker).exists() for marker in (MANIFEST, "data", "rejects"))):
+        raise BuildError(f"output folder {out} is not empty and is not a hubsets build; choose another --out")
+
+
 def _prepare_out(out: Path) -> None:
-    """Start from a clean output folder, but never delete something that is not a hubsets build."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MANIFEST).exists() and not (out / "data").exists():
-            raise BuildError(f"output folder {out} is not empty and is not a hubsets build; choose another --out")
+    """Start from a clean output folder, but never delete something that is not a hubsets build.
+
+    `out/.cache` (builders' resumable caches, e.g. fetched images) is kept.
+    """
+    _check_out(out)
+    if out.exists():
         for child in ("data", "rejects"):
             shutil.rmtree(out / child, ignore_errors=True)
         for child in ("README.md", MANIFEST):
@@ -214,7 +233,10 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _count_reject(stats: Stats, item: Reject, sink: Any) -> None:
+def _count_reject(stats: Stats, item: Reject, sink: Any, builder: Builder | None = None) -> None:
+    counters = getattr(builder, "reject_stats", None)
+    if counters is not None:
+        stats.extra.update(counters(item))
     stats.read[item.origin] += item.count
     stats.rejected[item.origin] += item.count
     stats.reasons[item.reason] += item.count

@@ -88,6 +88,9 @@ class Options:
     settings: Mapping[str, str] = field(default_factory=dict)
     max_pixels: int = 64_000_000
     revision: str | None = None
+    out: Path | None = None
+    """The build's output folder (set by `hubsets.build`); builders may keep caches under `out/.cache`,
+    which a rebuild never deletes."""
 
 
 class Builder(Protocol):

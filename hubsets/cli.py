@@ -116,6 +116,18 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from hubsets.export import export
+
+    result = export(Path(args.dir), args.config, args.split, args.format, Path(args.out))
+    for split, rows in result.rows.items():
+        print(f"exported {args.config}/{split}: {rows:,} rows")
+    print(f"{len(result.files)} file(s) in {args.out}; images written {result.images_written:,}, "
+          f"reused {result.images_reused:,}, renamed {result.images_renamed:,}"
+          + (f"; skipped {result.skipped}" if result.skipped else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hubsets.demo import run
 
@@ -145,6 +157,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
     s.add_argument("dir")
     s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("export", help="convert a built folder back to LLaVA JSON (+ images) or Cauldron parquet")
+    s.add_argument("dir", help="a folder made by `hubsets build`")
+    s.add_argument("--config", required=True)
+    s.add_argument("--split", help="one split (default: all)")
+    s.add_argument("--format", required=True, choices=["llava", "cauldron"])
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_export)
     s = sub.add_parser("serve", help="serve the Hub's HTTP protocol over a local folder (offline Hub)")
     s.add_argument("root", help="folder holding the server state (created if missing)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")

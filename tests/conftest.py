@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# `datasets` keys a local folder's cache on its name and card, not its files: one fresh cache per test session
+# so two builds into same-named folders never load each other's rows. Must be set before `datasets` is imported.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hubsets-datasets-cache-")
 
 import pytest
 

@@ -11,7 +11,7 @@ def hubsets(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_help_everywhere():
-    for args in ([], ["list"], ["info"], ["build"], ["validate"], ["serve"], ["push"], ["demo"]):
+    for args in ([], ["list"], ["info"], ["build"], ["validate"], ["serve"], ["push"], ["export"], ["demo"]):
         r = hubsets(*args, "--help")
         assert r.returncode == 0 and "usage: hubsets" in r.stdout, args
 

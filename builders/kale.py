@@ -1,0 +1,605 @@
+"""BLIP3-KALE (Salesforce/blip3-kale): knowledge-augmented dense captions of DataComp-1B image URLs.
+
+`--source` is laid out like the Hub repo: `data_core_set/*.parquet` and `data_full_set/*.parquet` (the
+upstream configs' own `data_files` globs). Each file's schema is read from its footer: `url` and `caption`
+must be string columns, every other column is kept in `meta.upstream`; a file that does not fit is a
+file-level reject naming the columns it has.
+
+Core and full are stored once. Before reading, `plan` hashes every row's key (sha256 of
+`url + "\\0" + caption`) into hash-partitioned bucket files on disk and compares the sets bucket by
+bucket (bounded memory), leaving one status byte per input row in a cached index: whether the key is
+in the other set and whether it repeats an earlier row of its own set. Origins then are `core` (core
+rows whose key is also in full), `core_only` (core rows missing from full; empty when core is a subset
+of full) and `full_only` (full rows not in core); config `core` = `core` + `core_only`, config `full`
+(default) = `core` + `full_only`. Full-set copies of core rows are not read again; repeated keys within
+a set are `duplicate_id` rejects.
+
+Upstream ships URLs, not images. Without `--set fetch_images=true` rows are text only (`images: []`,
+`messages: []`, `caption`, `image_urls: [url]`): a caption without its image is not a conversation, and
+`caption` is the column caption datasets share. With it each URL is downloaded by `hubsets.fetch`
+(concurrent, retried, sniffed, cached under `<out>/.cache/fetch` so reruns resume) and embedded, and
+`messages` becomes a user turn holding the image and an assistant turn holding the caption, so the rows
+mix with the chat-format datasets. Every URL that yields no image is a reject with the fetch's reason.
+
+Tasks are row-group slices of at most `task_rows` rows (100,000; 1,024 when fetching, since the build holds a
+task's images in memory): one task per row group for ordinary shards, so large shards still parallelise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hubsets import fetch, sources
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
+from hubsets.filters import Filter
+from hubsets.schema import Record, empty_record
+
+NAME = "kale"
+DATASET = "kale"
+VERSION = "1.0.0"
+PRETTY_NAME = "BLIP3-KALE"
+LICENSE = "apache-2.0"
+LICENSE_NOTE = """Upstream releases BLIP3-KALE under Apache-2.0 "primarily as a research artifact ... for research
+purposes only", and adds: "This repository includes the extracted original text in the underlying images. It is
+the responsibility of the user to check and/or obtain the proper copyrights to use any of the images of the original
+dataset." The images are DataComp-1B web images owned by their publishers; where this build embeds them, they were
+downloaded from the listed URLs at build time and their own copyright applies."""
+UPSTREAM_REPO = "Salesforce/blip3-kale"
+UPSTREAM_REVISION: str | None = None
+TASK_CATEGORIES = ("image-to-text",)
+DESCRIPTION = """BLIP3-KALE (Awadalla et al., 2024) is 218M knowledge-augmented dense captions of DataComp-1B
+images: stage 1 rewrote CogVLM-17B dense captions together with the images' alt-text with Mistral-7B
+(100M captions), stage 2 distilled that pipeline into a small VLM and captioned 118M more images. Upstream
+publishes URLs and captions only (configs `core` and `full`). Each row here is one (URL, caption) pair in the
+hubsets unified schema, with the image bytes embedded when the build fetched them."""
+CITATION = """@misc{awadalla2024blip3kaleknowledgeaugmentedlargescale,
+      title={BLIP3-KALE: Knowledge Augmented Large-Scale Dense Captions},
+      author={Anas Awadalla and Le Xue and Manli Shu and An Yan and Jun Wang and Senthil Purushwalkam and Sheng Shen and Hannah Lee and Oscar Lo and Jae Sung Park and Etash Guha and Silvio Savarese and Ludwig Schmidt and Yejin Choi and Caiming Xiong and Ran Xu},
+      year={2024},
+      eprint={2411.07461},
+      archivePrefix={arXiv},
+      primaryClass={cs.CV},
+      url={https://arxiv.org/abs/2411.07461}
+}"""  # noqa: E501
+ORIGINS = ("core", "core_only", "full_only")
+FILTERS: tuple[Filter, ...] = ()
+PAPER_RETENTION: dict[str, dict[str, float]] = {}
+CONFIGS = (
+    Config("core", "upstream `core` (data_core_set): origins `core` + `core_only`",
+           lambda p: p.origin in ("core", "core_only")),
+    Config("full", "upstream `full` (data_full_set): origins `core` + `full_only`",
+           lambda p: p.origin in ("core", "full_only"), default=True),
+)
+
+SETS = {"core": "data_core_set", "full": "data_full_set"}
+"""Upstream set -> folder (the upstream configs' `data_files` are `<folder>/*.parquet`)."""
+SET_ORIGIN = {"core": "core", "full": "full_only"}
+"""Origin of a set's rows that cannot be keyed (file-level and empty-field rejects)."""
+FIELDS = ("url", "caption")
+STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+
+# Per-row status bytes in the index.
+IN_OTHER = 1
+"""The key also occurs in the other set."""
+DUPLICATE = 2
+"""The key occurred earlier in the same set (bit flag, combined with IN_OTHER)."""
+INDEX_FORMAT = 1
+_ENTRY = np.dtype([("key", "S16"), ("file", "<u4"), ("row", "<u8")])
+
+SETTINGS = {
+    "fetch_images": "download each URL and embed the image (true/false, default false)",
+    "fetch_concurrency": "downloads in flight per worker process (default 32)",
+    "fetch_timeout": "seconds per request: connect, headers and body (default 10)",
+    "fetch_retries": "extra attempts on connection errors, truncated bodies, 408, 429, 5xx (default 3)",
+    "fetch_backoff": "first retry delay in seconds, doubling per retry (default 0.5)",
+    "fetch_max_bytes": "largest body accepted, in bytes (default 33554432)",
+    "fetch_max_redirects": "redirects followed per URL (default 10)",
+    "fetch_cache": "fetch cache folder (default <out>/.cache/fetch)",
+    "fetch_retry_failures": "fetch again URLs whose permanent failure is cached (true/false, default false)",
+    "fetch_user_agent": "User-Agent header",
+    "fetch_verify": "header (default: format and pixel cap from the header at fetch time; the build then decodes "
+                    "every image fully, once) or decode (decode at fetch time too)",
+    "task_rows": "rows per task (default 100000, or 1024 when fetching)",
+    "index_dir": "folder for the core/full index (default <out>/.cache)",
+    "index_buckets": "hash buckets of the core/full comparison (default: one per ~1M rows, at most 512)",
+}
+
+
+# --- settings ------------------------------------------------------------------------------------------
+
+def _bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"--set {key}={value}: expected true or false")
+
+
+def _number(key: str, value: str, kind: type, minimum: float) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"--set {key}={value}: expected a {kind.__name__}") from None
+    if number < minimum:
+        raise ValueError(f"--set {key}={value}: must be at least {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    fetch_images: bool
+    fetch: fetch.FetchSettings
+    fetch_cache: Path | None
+    task_rows: int
+    index_dir: Path
+    index_buckets: int | None
+
+
+def settings(values: Mapping[str, str], max_pixels: int, out: Path | None) -> Settings:
+    """Parse `--set` values; `ValueError` naming the key for anything unknown or malformed."""
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown --set {', '.join(unknown)} for kale; known: {', '.join(SETTINGS)}")
+    get = values.get
+    defaults = fetch.FetchSettings()
+    fs = fetch.FetchSettings(
+        concurrency=_number("fetch_concurrency", get("fetch_concurrency", str(defaults.concurrency)), int, 1),
+        timeout=_number("fetch_timeout", get("fetch_timeout", str(defaults.timeout)), float, 0.001),
+        retries=_number("fetch_retries", get("fetch_retries", str(defaults.retries)), int, 0),
+        backoff=_number("fetch_backoff", get("fetch_backoff", str(defaults.backoff)), float, 0),
+        max_bytes=_number("fetch_max_bytes", get("fetch_max_bytes", str(defaults.max_bytes)), int, 1),
+        max_redirects=_number("fetch_max_redirects", get("fetch_max_redirects", str(defaults.max_redirects)), int, 0),
+        max_pixels=max_pixels,
+        user_agent=get("fetch_user_agent") or defaults.user_agent,
+        retry_failures=_bool("fetch_retry_failures", get("fetch_retry_failures", "false")),
+        verify=get("fetch_verify", "header"),
+    )
+    fetch_images = _bool("fetch_images", get("fetch_images", "false"))
+    cache_root = out / ".cache" if out is not None else Path(tempfile.gettempdir()) / "hubsets-cache"
+    fetch_cache, index_dir, buckets = get("fetch_cache"), get("index_dir"), get("index_buckets")
+    task_rows = _number("task_rows", get("task_rows", "1024" if fetch_images else "100000"), int, 1)
+    return Settings(
+        fetch_images, fs,
+        Path(fetch_cache) if fetch_cache else (out / ".cache" / "fetch" if out is not None else None),
+        task_rows,
+        Path(index_dir) if index_dir else cache_root,
+        _number("index_buckets", buckets, int, 1) if buckets else None,
+    )
+
+
+def _fields(options: Options) -> dict[str, str]:
+    unknown = sorted(set(options.columns) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"--column {', '.join(unknown)}: unknown field; known: {', '.join(FIELDS)}")
+    return {f: options.columns.get(f, f) for f in FIELDS}
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+def row_key(url: str, caption: str) -> bytes:
+    """sha256 of `url + "\\0" + caption` (UTF-8): the identity of a KALE row across sets."""
+    return hashlib.sha256(url.encode("utf-8") + b"\x00" + caption.encode("utf-8")).digest()
+
+
+def _text_problem(value: Any, field: str) -> tuple[str, str] | None:
+    if value is None:
+        return f"empty_{field}", f"{field} is null"
+    if not isinstance(value, str):
+        return "wrong_type", f"{field} must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"empty_{field}", f"{field} is empty"
+    return None
+
+
+# --- planning ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _File:
+    rel: str
+    set: str
+    rows: int
+    groups: tuple[int, ...]
+    """Rows per row group."""
+    error: tuple[str, str] | None
+    """(reason, detail) when the file cannot be read as a KALE shard."""
+
+
+def _inspect(source: Path, rel: str, set_name: str, fields: Mapping[str, str]) -> _File:
+    try:
+        meta = pq.read_metadata(source / rel)
+        schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError) as exc:
+        return _File(rel, set_name, 0, (), ("bad_parquet", str(exc).splitlines()[0][:200]))
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+    problems = []
+    for column in fields.values():
+        index = schema.get_field_index(column)
+        if index < 0:
+            problems.append(f"no column {column!r}")
+        elif not any(schema.field(index).type.equals(t) for t in STRING_TYPES):
+            problems.append(f"column {column!r} is {schema.field(index).type}, not string")
+    if problems:
+        detail = (f"{'; '.join(problems)} (KALE shards need string columns "
+                  f"{', '.join(repr(c) for c in fields.values())}); columns found: {found}")
+        return _File(rel, set_name, meta.num_rows, groups, ("unexpected_schema", detail))
+    return _File(rel, set_name, meta.num_rows, groups, None)
+
+
+def _discover(source: Path) -> list[tuple[str, str]]:
+    """(set, relative path) of every shard, by the upstream configs' globs `data_*_set/*.parquet`."""
+    found = []
+    for folder in SETS.values():
+        if not (source / folder).is_dir():
+            raise BuildError(f"{source / folder} is missing: --source must be laid out like {UPSTREAM_REPO} "
+                             f"({SETS['core']}/*.parquet and {SETS['full']}/*.parquet)")
+    for set_name, folder in SETS.items():
+        root = source / folder
+        files = sorted(p.name for p in root.iterdir()
+                       if p.name.endswith(".parquet") and not p.name.startswith(".") and p.is_file())
+        if not files:
+            raise BuildError(f"{root} holds no .parquet files")
+        found += [(set_name, f"{folder}/{name}") for name in files]
+    return found
+
+
+def plan(options: Options) -> list[Task]:
+    """Check every shard's footer, build (or reuse) the core/full index, then one task per row-group slice."""
+    s = settings(options.settings, options.max_pixels, options.out)
+    fields = _fields(options)
+    files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)]
+    good = [f for f in files if f.error is None]
+    index = _ensure_index(options.source, good, fields, s) if good else None
+    if index is not None:
+        broken = json.loads((index / "summary.json").read_text(encoding="utf-8")).get("broken", {})
+        files = [dataclasses.replace(f, error=("bad_parquet", broken[f.rel])) if f.rel in broken else f
+                 for f in files]
+    tasks = []
+    file_numbers = {f.rel: n for n, f in enumerate(good)}
+    for f in files:
+        base = {"set": f.set, "file_rows": f.rows}
+        if f.error is not None:
+            tasks.append(Task(f.rel, options={**base, "error": list(f.error)}))
+            continue
+        slices = []
+        offset = 0
+        for group, n in enumerate(f.groups):
+            for start in range(0, n, s.task_rows):
+                slices.append((group, offset + start, offset + min(n, start + s.task_rows)))
+            offset += n
+        for part, (group, start, stop) in enumerate(slices):
+            tasks.append(Task(f.rel, part, len(slices), {
+                **base, "row_group": group, "start": start, "stop": stop,
+                "index": str(index), "file_number": file_numbers[f.rel]}))
+    return tasks
+
+
+def _fingerprint(source: Path, files: list[_File], fields: Mapping[str, str]) -> str:
+    items = []
+    for f in files:
+        st = (source / f.rel).stat()
+        items.append([f.rel, f.set, st.st_size, st.st_mtime_ns, f.rows])
+    blob = json.dumps({"format": INDEX_FORMAT, "fields": dict(fields), "files": items}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def _ensure_index(source: Path, files: list[_File], fields: Mapping[str, str], s: Settings) -> Path:
+    """The index folder for these files (built once; reused while no input file changes)."""
+    final = s.index_dir / "kale-index" / _fingerprint(source, files, fields)
+    if (final / "summary.json").is_file():
+        return final
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        summary = _build_index(source, files, fields, tmp, s.index_buckets)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "summary.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _key_file(source: Path, f: _File, number: int, fields: Mapping[str, str], handles: list[Any],
+              n_buckets: int) -> None:
+    """Append (key, file, row) of every keyed row of `f` to the bucket file its key hashes to."""
+    row = 0
+    pf = pq.ParquetFile(source / f.rel)
+    for batch in pf.iter_batches(batch_size=65_536, columns=[fields["url"], fields["caption"]]):
+        keys = bytearray()
+        rows = []
+        for i, (url, caption) in enumerate(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
+                                               strict=True)):
+            if _text_problem(url, "url") is None and _text_problem(caption, "caption") is None:
+                keys += row_key(url, caption)[:16]
+                rows.append(row + i)
+        row += batch.num_rows
+        if not rows:
+            continue
+        entries = np.empty(len(rows), dtype=_ENTRY)
+        entries["key"] = np.frombuffer(bytes(keys), dtype="S16")
+        entries["file"] = number
+        entries["row"] = rows
+        bucket = np.frombuffer(bytes(keys), dtype=">u4")[::4] % n_buckets
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=n_buckets))])
+        sorted_entries = entries[order]
+        for b in range(n_buckets):
+            if bounds[b + 1] > bounds[b]:
+                handles[b].write(sorted_entries[bounds[b]:bounds[b + 1]].tobytes())
+
+
+def _build_index(source: Path, files: list[_File], fields: Mapping[str, str], work: Path,
+                 buckets: int | None) -> dict[str, Any]:
+    """Pass 1: key every row into `buckets` files by hash. Pass 2: per bucket, mark duplicates and overlap."""
+    total = sum(f.rows for f in files)
+    n_buckets = buckets or min(512, max(1, math.ceil(total / 1_000_000)))
+    (work / "buckets").mkdir()
+    (work / "status").mkdir()
+    handles = [open(work / "buckets" / f"{b:04d}.bin", "wb") for b in range(n_buckets)]  # noqa: SIM115
+    counts: Counter[str] = Counter()
+    broken: dict[int, str] = {}
+    try:
+        for number, f in enumerate(files):
+            try:
+                _key_file(source, f, number, fields, handles, n_buckets)
+            except (pa.ArrowException, OSError) as exc:
+                # footer fine, data not: the file becomes a file-level reject, its keys are ignored below
+                broken[number] = f"{f.rel}: unreadable data ({str(exc).splitlines()[0][:200]})"
+                continue
+            counts[f"{f.set}_rows"] += f.rows
+    finally:
+        for h in handles:
+            h.close()
+    status: list[np.ndarray] = []
+    for n, f in enumerate(files):
+        path = work / "status" / f"{n:05d}.npy"
+        if f.rows:
+            status.append(np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(f.rows,)))
+        else:  # an empty shard (nothing to mmap) gets no tasks
+            np.save(path, np.zeros(0, dtype=np.uint8))
+            status.append(np.zeros(0, dtype=np.uint8))
+    is_full = np.array([f.set == "full" for f in files], dtype=bool)
+    for b in range(n_buckets):
+        path = work / "buckets" / f"{b:04d}.bin"
+        entries = np.fromfile(path, dtype=_ENTRY)
+        path.unlink()
+        if broken:
+            entries = entries[~np.isin(entries["file"], np.array(list(broken), dtype=np.uint32))]
+        full_mask = is_full[entries["file"]]
+        parts = {}
+        for set_name, mask in (("core", ~full_mask), ("full", full_mask)):
+            part = entries[mask]
+            part = part[np.argsort(part["key"], kind="stable")]  # stable: earlier rows first within a key
+            first = np.ones(len(part), dtype=bool)
+            first[1:] = part["key"][1:] != part["key"][:-1]
+            parts[set_name] = (part, first, part["key"][first])
+        for set_name, other in (("core", "full"), ("full", "core")):
+            part, first, unique = parts[set_name]
+            code = np.where(np.isin(part["key"], parts[other][2]), IN_OTHER, 0).astype(np.uint8)
+            code[~first] |= DUPLICATE
+            counts[f"{set_name}_keyed"] += len(part)
+            counts[f"{set_name}_distinct"] += len(unique)
+            counts[f"{set_name}_duplicates"] += int((~first).sum())
+            if set_name == "core":
+                counts["overlap"] += int(np.count_nonzero(code[first] & IN_OTHER))
+            for number in np.unique(part["file"]):
+                sel = part["file"] == number
+                status[int(number)][part["row"][sel]] = code[sel]
+    for array in status:
+        if isinstance(array, np.memmap):
+            array.flush()
+    del status
+    shutil.rmtree(work / "buckets")
+    counts["core_missing_from_full"] = counts["core_distinct"] - counts["overlap"]
+    return {"format": INDEX_FORMAT, "buckets": n_buckets, "files": [f.rel for f in files], "counts": dict(counts),
+            "broken": {files[n].rel: detail for n, detail in broken.items()}}
+
+
+def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
+    """The core/full comparison, for the card (`index:*` counters)."""
+    index = next((t.options["index"] for t in tasks if t.options.get("index")), None)
+    if index is None:
+        return {}
+    summary = json.loads((Path(index) / "summary.json").read_text(encoding="utf-8"))
+    return {f"index:{k}": int(v) for k, v in summary["counts"].items()}
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Candidate:
+    row: int
+    url: str
+    caption: str
+    origin: str
+    key: bytes
+    extra: dict[str, Any]
+
+
+def read(task: Task, options: Options) -> Iterator[Item]:
+    s = settings(options.settings, options.max_pixels, options.out)
+    fields = _fields(options)
+    set_name: str = task.options["set"]
+    if task.options.get("error"):
+        reason, detail = task.options["error"]
+        yield Reject(task.file, None, None, SET_ORIGIN[set_name], reason, f"{task.file}: {detail}",
+                     count=max(1, int(task.options.get("file_rows", 1))))
+        return
+    status = np.load(Path(task.options["index"]) / "status" / f"{task.options['file_number']:05d}.npy",
+                     mmap_mode="r")
+    start, stop = task.options["start"], task.options["stop"]
+    items: list[_Candidate | Reject] = []
+    failure: Reject | None = None
+    try:
+        for row, value in sources.iter_parquet(options.source / task.file, task.file, batch_rows=1024,
+                                               row_groups=[task.options["row_group"]], start=start, stop=stop):
+            item = _candidate(task.file, set_name, row, value, fields, int(status[row]))
+            if item is not None:
+                items.append(item)
+    except sources.SourceError as exc:
+        # the rest of this slice cannot be read: one reject stands for all of its rows
+        failed_from = exc.row if exc.row is not None else start
+        failure = Reject(task.file, exc.row, None, SET_ORIGIN[set_name], exc.reason, exc.detail,
+                         count=max(1, stop - failed_from))
+    candidates = [c for c in items if isinstance(c, _Candidate)]
+    results: Iterator[fetch.FetchResult | None] = iter([None] * len(candidates))
+    if s.fetch_images and candidates:
+        cache = fetch.FetchCache(s.fetch_cache) if s.fetch_cache is not None else None
+        results = fetch.Fetcher.shared(s.fetch, cache).map(c.url for c in candidates)
+    for item in items:
+        if isinstance(item, Reject):
+            yield item
+            continue
+        result = next(results)
+        if result is None or result.ok:
+            yield _row(task.file, set_name, item, result)
+        else:
+            yield Reject(task.file, item.row, item.url, item.origin, str(result.reason),
+                         f"{item.url[:300]}: {result.detail}")
+    if failure is not None:
+        yield failure
+
+
+def _candidate(file: str, set_name: str, row: int, value: dict[str, Any], fields: Mapping[str, str],
+               code: int) -> _Candidate | Reject | None:
+    url, caption = value.get(fields["url"]), value.get(fields["caption"])
+    for text, field in ((url, "url"), (caption, "caption")):
+        problem = _text_problem(text, field)
+        if problem is not None:
+            return Reject(file, row, url if isinstance(url, str) else None, SET_ORIGIN[set_name], *problem)
+    assert isinstance(url, str) and isinstance(caption, str)
+    in_other = bool(code & IN_OTHER)
+    origin = ("core" if in_other else "core_only") if set_name == "core" else "full_only"
+    key = row_key(url, caption)
+    if code & DUPLICATE:
+        return Reject(file, row, url, origin, "duplicate_id",
+                      f"url+caption key {key.hex()[:16]} already appeared earlier in the {set_name} set")
+    if set_name == "full" and in_other:
+        return None  # stored once, as a core row
+    used = set(fields.values())
+    extra = {k: sources.to_jsonable(v) for k, v in value.items() if k not in used}
+    return _Candidate(row, url, caption, origin, key, extra)
+
+
+def _row(file: str, set_name: str, c: _Candidate, result: fetch.FetchResult | None) -> Row:
+    meta: dict[str, Any] = {"source_file": file, "source_row": c.row, "set": set_name, "key": c.key.hex(),
+                            "upstream": c.extra}
+    images: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    if result is not None:
+        assert result.data is not None
+        images = [{"bytes": result.data, "path": None}]
+        messages = [{"role": "user", "content": [{"type": "image", "text": None}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": c.caption}]}]
+        meta["fetch"] = {"final_url": result.final_url, "status": result.status,
+                         "content_type": result.content_type, "format": result.image_format,
+                         "bytes": len(result.data), "sha256": result.sha256}
+    record = empty_record(id=f"kale/{c.origin}/{c.key.hex()[:16]}", dataset=DATASET, origin=c.origin,
+                          images=images, image_urls=[c.url], messages=messages, caption=c.caption, meta=meta)
+    return Row("train", record, file, c.row)
+
+
+# --- statistics and card -----------------------------------------------------------------------------
+
+def record_stats(record: Record) -> dict[str, int]:
+    if record["meta"].get("fetch") is None:
+        return {}
+    return {f"fetch_ok:{record['meta']['source_file']}": 1}
+
+
+def reject_stats(reject: Reject) -> dict[str, int]:
+    if not fetch.is_fetch_reason(reject.reason):
+        return {}
+    return {f"fetch_failed:{reject.file}": 1}
+
+
+def _fetch_table(stats: Mapping[str, int]) -> str:
+    shards = sorted({k.split(":", 1)[1] for k in stats if k.startswith(("fetch_ok:", "fetch_failed:"))})
+    lines = ["| input shard | URLs fetched | images | failed | success rate |", "|---|---:|---:|---:|---:|"]
+    total_ok = total_failed = 0
+    for shard in shards:
+        ok, failed = stats.get(f"fetch_ok:{shard}", 0), stats.get(f"fetch_failed:{shard}", 0)
+        total_ok, total_failed = total_ok + ok, total_failed + failed
+        lines.append(f"| `{shard}` | {ok + failed:,} | {ok:,} | {failed:,} | {_pct(ok, ok + failed)} |")
+    lines.append(f"| **all** | {total_ok + total_failed:,} | {total_ok:,} | {total_failed:,} | "
+                 f"{_pct(total_ok, total_ok + total_failed)} |")
+    return "\n".join(lines)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
+    stats = manifest["stats"]
+    opts = manifest["options"]
+    s = settings(opts["settings"], opts["max_pixels"], None)
+    c = {k.removeprefix("index:"): v for k, v in stats.items() if k.startswith("index:")}
+    overlap_table = "\n".join([
+        "| | core set | full set |", "|---|---:|---:|",
+        f"| rows in the shards | {c.get('core_rows', 0):,} | {c.get('full_rows', 0):,} |",
+        f"| rows with a url and caption (keyed) | {c.get('core_keyed', 0):,} | {c.get('full_keyed', 0):,} |",
+        f"| distinct keys | {c.get('core_distinct', 0):,} | {c.get('full_distinct', 0):,} |",
+        f"| repeated keys (`duplicate_id` rejects) | {c.get('core_duplicates', 0):,} | "
+        f"{c.get('full_duplicates', 0):,} |",
+        f"| distinct keys in both sets | {c.get('overlap', 0):,} | {c.get('overlap', 0):,} |",
+    ])
+    missing = c.get("core_missing_from_full", 0)
+    if not c:
+        containment = "No shard could be read, so core and full were not compared."
+    elif missing == 0:
+        containment = (f"**Every core key is also in full** ({c.get('overlap', 0):,} distinct keys), so core is a "
+                       "subset of full and is stored once: origin `core` holds those rows (they serve both "
+                       "configs), origin `full_only` the rest of full, and origin `core_only` is empty.")
+    else:
+        containment = (f"**Core is not a subset of full**: {missing:,} distinct core keys "
+                       f"({_pct(missing, c.get('core_distinct', 0))}) do not occur in the full shards given to "
+                       "this build. Rather than storing both sets whole, rows are still stored once: origin "
+                       "`core` holds core rows also in full, `core_only` the core rows missing from full, and "
+                       "`full_only` the full rows missing from core; config `core` = `core` + `core_only`, "
+                       "config `full` = `core` + `full_only`, so each config holds exactly its upstream set.")
+    if s.fetch_images:
+        f = s.fetch
+        decoded = ("each image decoded completely by the build" if f.verify == "header"
+                   else "decoded completely at download time and again by the build")
+        images = (
+            "Images were **downloaded at build time** from each row's URL and embedded byte for byte "
+            f"(`images`); `messages` holds a user turn with the image and an assistant turn with the caption. "
+            f"Fetch settings: {f.concurrency} concurrent connections per worker, {f.timeout:g} s per request, "
+            f"{f.retries} retries with exponential backoff (from {f.backoff:g} s) on connection errors, truncated "
+            f"bodies, 408, 429 and 5xx, at most {f.max_redirects} redirects, at most {f.max_bytes:,} bytes and "
+            f"{opts['max_pixels']:,} pixels per image; the bytes must be an image (format and pixel count sniffed "
+            f"from the header at download time, then {decoded}"
+            "; `Content-Type` is not trusted). Every URL that did not "
+            "yield an image is in `rejects/rejects.jsonl` with its reason (`http_404`, `timeout`, `not_an_image`, "
+            "`too_large`, `redirect_loop`, …; see the rejects table).\n\n"
+            "### Fetch success per input shard\n\n" + _fetch_table(stats)
+            + "\n\nA row stored once as `core` is fetched once and counted under its core shard; full shards count "
+            "their `full_only` rows. Web URLs rot: the success rate measures the web on the build date, not the "
+            "upstream data.")
+    else:
+        images = ("Upstream publishes image URLs, not images, and this build did **not** download them: rows are "
+                  "text only (`images: []`, `messages: []`), with the caption in `caption` and the URL in "
+                  "`image_urls`. Rebuild with `--set fetch_images=true` to embed the images.")
+    return {"overlap_table": overlap_table, "containment": containment, "images_section": images}

@@ -1,0 +1,273 @@
+"""StableLLaVA (icoz69/StableLLAVA): SD-XL prompts with single-turn image dialogues, nine capability categories.
+
+`--source` is the repo's `dataset/` folder; exactly the nine files `action.json`, `animal.json`, `color.json`,
+`food.json`, `furniture.json`, `plant.json`, `profession.json`, `scene.json`, `vehicle.json` are read (any
+other file there is ignored). Each is one JSON array of `{id, image, prompt, question, answer}`; ids run
+`"0".."N-1"` per file, so the unified id is `stablellava/<category>/<id>` and `origin` is the category.
+
+Images are not released upstream; users render them from `prompt` with SD-XL. `--set images=DIR` points
+at the renders, `DIR/<category>/<id>.jpg` (the row's `image` value): a missing one is an `image_missing`
+reject and `<image>` in the question becomes an image part at its exact place. Without it, rows are
+published text-only (`images: []`): an image part with no image would break chat templates, so the
+placeholder is removed from the text (with its adjacent newline) and recorded exactly in
+`meta.image_slots`; `hubsets export --format llava` puts it back, so the upstream question is reproduced
+byte for byte either way.
+
+Settings (`--set`): `images=DIR`, `rows_per_task=N` (default 1,000 with images, 20,000 without).
+
+Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_field`, `image_missing`, `unsafe_path`,
+`image_unreadable`, `image_token_mismatch`, `bad_json`/`not_a_json_array` (file level), plus the build's
+image checks and `duplicate_id`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hubsets import archives, sources
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
+from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
+from hubsets.schema import Record, empty_record
+
+NAME = "stablellava"
+DATASET = "stablellava"
+VERSION = "1.0.0"
+PRETTY_NAME = "StableLLaVA"
+LICENSE = "apache-2.0"
+LICENSE_NOTE = """The upstream repository `icoz69/StableLLAVA` carries an Apache-2.0 `LICENSE` covering its prompts and
+dialogues. It releases no images: any images in this build were rendered by whoever built it from the prompts in
+`meta.prompt` (upstream used `stabilityai/stable-diffusion-xl-base-1.0`), and the model's license (CreativeML Open
+RAIL++-M for SD-XL) applies to them. The dialogues were generated with ChatGPT/GPT-4, so OpenAI's terms of use may
+apply. Check these before use."""
+UPSTREAM_REPO = "icoz69/StableLLAVA"
+UPSTREAM_REVISION: str | None = None
+TASK_CATEGORIES = ("image-to-text", "visual-question-answering")
+DESCRIPTION = """StableLLaVA (Li et al., Findings of ACL 2024) synthesises image-dialogue data: ChatGPT writes an
+SD-XL prompt and a dialogue about the image the prompt describes, and SD-XL renders the image. The release ships
+77,916 single-turn records in nine capability categories (action, animal, color, food, furniture, plant, profession,
+scene, vehicle), each a short-caption instruction (`<image>` at the start or the end of the question) and answer,
+plus the SD-XL prompt kept verbatim in `meta.prompt`. Images are not released upstream."""
+CITATION = """@inproceedings{li-etal-2024-enhanced,
+  title     = {Enhanced Visual Instruction Tuning with Synthesized Image-Dialogue Data},
+  author    = {Li, Yanda and Zhang, Chi and Yu, Gang and Yang, Wanqi and Wang, Zhibin and Fu, Bin and Lin, Guosheng and Shen, Chunhua and Chen, Ling and Wei, Yunchao},
+  booktitle = {Findings of the Association for Computational Linguistics: ACL 2024},
+  month     = aug,
+  year      = {2024},
+  address   = {Bangkok, Thailand},
+  publisher = {Association for Computational Linguistics},
+  url       = {https://aclanthology.org/2024.findings-acl.864},
+  pages     = {14512--14531}
+}"""  # noqa: E501
+CATEGORIES = ("action", "animal", "color", "food", "furniture", "plant", "profession", "scene", "vehicle")
+UPSTREAM_COUNTS = {"action": 3_195, "animal": 10_000, "color": 1_983, "food": 2_738, "furniture": 12_000,
+                   "plant": 12_000, "profession": 12_000, "scene": 12_000, "vehicle": 12_000}
+"""Records per file at upstream HEAD 22b89eb (77,916 in all)."""
+GENERATOR = "stabilityai/stable-diffusion-xl-base-1.0"
+ORIGINS = CATEGORIES
+FILTERS = ()
+PAPER_RETENTION: dict[str, dict[str, float]] = {}
+SETTINGS = ("images", "rows_per_task")
+FIELDS = ("id", "image", "prompt", "question", "answer")
+
+
+def _category_config(category: str) -> Config:
+    return Config(category, f"the `{category}` category", lambda p: p.origin == category)
+
+
+CONFIGS = (
+    Config("default", "every category", lambda p: True, default=True),
+    *(_category_config(c) for c in CATEGORIES),
+)
+
+
+# --- planning --------------------------------------------------------------------------------------------------
+
+def images_root(options: Options) -> Path | None:
+    """`--set images=DIR` (relative: to `--source` if it exists there, else to the working directory)."""
+    value = options.settings.get("images")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute() and (options.source / path).is_dir():
+        return options.source / path
+    return path
+
+
+def _rows_per_task(options: Options) -> int:
+    value = options.settings.get("rows_per_task")
+    if value is None:
+        return 1_000 if images_root(options) is not None else 20_000
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise BuildError(f"--set rows_per_task={value!r}: expected a positive integer")
+    return rows
+
+
+def plan(options: Options) -> list[Task]:
+    """One task per slice of `rows_per_task` rows of each category file present."""
+    unknown = sorted(set(options.settings) - set(SETTINGS))
+    if unknown:
+        raise BuildError(f"unknown --set {', '.join(unknown)} for stablellava; known: {', '.join(SETTINGS)}")
+    root = images_root(options)
+    if root is not None and not root.is_dir():
+        raise BuildError(f"--set images={options.settings['images']}: {root} is not a folder (it should hold "
+                         "the rendered images as <category>/<id>.jpg)")
+    rows = _rows_per_task(options)
+    tasks = []
+    for category in CATEGORIES:
+        file = f"{category}.json"
+        path = options.source / file
+        if not path.is_file():
+            continue
+        try:
+            slices = sources.json_array_slices(path, file, rows)
+        except sources.SourceError as exc:
+            tasks.append(Task(file, options={"error": [exc.reason, exc.detail]}))
+            continue
+        tasks += [Task(file, part=k, parts=len(slices),
+                       options={"offset": s.offset, "first_row": s.first_row, "rows": s.rows})
+                  for k, s in enumerate(slices)]
+    return tasks
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+class _RowError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def read(task: Task, options: Options) -> Iterator[Item]:
+    category = task.file.removesuffix(".json")
+    error = task.options.get("error")
+    if error:
+        yield Reject(task.file, None, None, category, str(error[0]), str(error[1]))
+        return
+    root = images_root(options)
+    first, rows = int(task.options.get("first_row", 0)), task.options.get("rows")
+    row = first
+    try:
+        for row, value in sources.iter_json_array(options.source / task.file, task.file,
+                                                  offset=int(task.options.get("offset", 0)), first_row=first,
+                                                  rows=rows):
+            yield _read_row(category, task.file, row, value, root)
+    except sources.SourceError as exc:
+        failed = exc.row if exc.row is not None else row
+        lost = first + rows - failed if rows is not None else 1
+        yield Reject(task.file, None, None, category, exc.reason,
+                     f"row {failed}: {exc.detail}; the rest of this slice (rows {failed}.."
+                     f"{first + rows - 1 if rows is not None else 'end'}) could not be read", count=max(lost, 1))
+
+
+def _string(value: Mapping[str, Any], key: str) -> str:
+    if key not in value:
+        raise _RowError("missing_id" if key == "id" else "missing_field", f"row has no {key!r}")
+    text = value[key]
+    if not isinstance(text, str):
+        raise _RowError("wrong_type", f"{key} must be a string, got {type(text).__name__}")
+    return text
+
+
+def _read_image(root: Path, image: str) -> bytes:
+    problem = archives.unsafe_name(image)
+    if problem is not None:
+        raise _RowError("unsafe_path", f"image path {problem}")
+    try:
+        return sources.read_local_image(root, image)
+    except FileNotFoundError:
+        raise _RowError("image_missing", f"{image} is not in {root}") from None
+    except (ValueError, OSError) as exc:
+        raise _RowError("image_unreadable", str(exc)) from None
+
+
+def _read_row(category: str, file: str, row: int, value: Any, root: Path | None) -> Item:
+    if not isinstance(value, dict):
+        return Reject(file, row, None, category, "wrong_type", f"row must be an object, got {type(value).__name__}")
+    upstream_id = None
+    try:
+        upstream_id = _string(value, "id")
+        if not upstream_id or re.search(r"\s", upstream_id):
+            raise _RowError("bad_id", f"id {upstream_id[:60]!r} is empty or contains whitespace")
+        question, answer, prompt = (_string(value, k) for k in ("question", "answer", "prompt"))
+        image = _string(value, "image") if "image" in value else f"{category}/{upstream_id}.jpg"
+        conversations = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        converted = conversations_to_messages(conversations, images=root is not None,
+                                              strip_placeholders=root is None)
+        images: list[dict[str, Any]] = []
+        if root is not None:
+            if converted.image_parts != 1:
+                raise _RowError("image_token_mismatch", f"question and answer hold {converted.image_parts} "
+                                f"{IMAGE_TOKEN} tokens for 1 image")
+            images = [{"bytes": _read_image(root, image), "path": image.replace("\\", "/").rsplit("/", 1)[-1]}]
+    except (_RowError, ConversationError) as exc:
+        return Reject(file, row, upstream_id, category, exc.reason, exc.detail)
+    meta: dict[str, Any] = {"source_file": file, "source_row": row, "upstream_id": upstream_id, "id_key": "id",
+                            "category": category, "prompt": prompt, "image": image}
+    if converted.image_slots is not None:
+        meta["image_slots"] = converted.image_slots
+    extra = {k: sources.to_jsonable(v) for k, v in value.items() if k not in FIELDS}
+    if extra:
+        meta["upstream"] = extra
+    record = empty_record(id=f"stablellava/{category}/{upstream_id}", dataset=DATASET, origin=category,
+                          images=images, messages=converted.messages, meta=meta)
+    return Row("train", record, file, row)
+
+
+# --- card ------------------------------------------------------------------------------------------------------
+
+def placement(record: Record) -> str:
+    """Where the question's `<image>` is: `start`, `end`, `middle` or `none`."""
+    slots = record["meta"].get("image_slots")
+    question = record["messages"][0]["content"]
+    if record["images"]:
+        kinds = [part["type"] for part in question]
+        if "image" not in kinds:
+            return "none"
+        return "start" if kinds[0] == "image" else "end" if kinds[-1] == "image" else "middle"
+    slots = [s for s in slots or [] if s["turn"] == 0]
+    if not slots:
+        return "none"
+    length = len(question[0]["text"]) + sum(len(s["text"]) for s in slots)
+    first, last = min(s["offset"] for s in slots), max(s["offset"] + len(s["text"]) for s in slots)
+    return "start" if first == 0 else "end" if last == length else "middle"
+
+
+def record_stats(record: Record) -> dict[str, int]:
+    return {f"placement:{record['origin']}:{placement(record)}": 1}
+
+
+def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
+    stats = manifest["stats"]
+    origins = manifest["origins"]
+    lines = ["| category | upstream (22b89eb) | read here | written | rejected | `<image>` first | `<image>` last |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for category in CATEGORIES:
+        c = origins.get(category, {"read": 0, "written": 0, "rejected": 0})
+        lines.append(f"| `{category}` | {UPSTREAM_COUNTS[category]:,} | {c['read']:,} | {c['written']:,} | "
+                     f"{c['rejected']:,} | {stats.get(f'placement:{category}:start', 0):,} | "
+                     f"{stats.get(f'placement:{category}:end', 0):,} |")
+    images = manifest["options"]["settings"].get("images")
+    if images:
+        note = (f"**Images:** rendered by the builder of this dataset (not by the StableLLaVA authors) and read "
+                f"from `<category>/<id>.jpg` under `{Path(images).name}/`. Upstream rendered with `{GENERATOR}` "
+                "(fp16, default pipeline settings, no fixed seed), so renders cannot be reproduced byte for byte; "
+                "the prompt of each image is in `meta.prompt`. The `<image>` token of each question is an image "
+                "part in `messages` at exactly its upstream place. Rows whose render is missing are rejected "
+                "(`image_missing`) and counted below.")
+    else:
+        note = ("**This build is text-only:** the StableLLaVA authors release no images, and none were given to "
+                "this build, so `images` is empty in every row. Render them from `meta.prompt` (upstream used "
+                f"`{GENERATOR}`) and rebuild with `--set images=DIR`. An image part with no image would break chat "
+                "templates, so the `<image>` placeholder is left out of `messages` (together with its adjacent "
+                "newline) and recorded exactly in `meta.image_slots` (turn, character offset, removed text); "
+                "`hubsets export --format llava` puts it back, so the upstream question is reproduced byte for "
+                "byte.")
+    return {"counts_table": "\n".join(lines), "images_note": note, "generator": GENERATOR}
