@@ -64,8 +64,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
                       settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
-    manifest = build(args.name, options, Path(args.out), workers=args.workers,
-                     allow_bad_files=args.allow_bad_files)
+    manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
+                     ray_address=args.address, allow_bad_files=args.allow_bad_files)
     _print_summary(manifest, Path(args.out))
     return 0
 
@@ -148,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--source", required=True, help="folder holding the upstream release")
     s.add_argument("--out", required=True, help="output folder (README.md, data/, rejects/, hubsets.json)")
     s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--runner", choices=["local", "ray"], default="local",
+                   help="run tasks in local processes or on a Ray cluster (pip install 'hubsets[ray]')")
+    s.add_argument("--address", help="Ray cluster address for --runner ray (default: start or join a local one)")
     s.add_argument("--column", action="append", metavar="NAME=UPSTREAM", help="map a field to an upstream column")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="builder-specific setting")
     s.add_argument("--revision", help="upstream revision (commit sha) the source was taken from")

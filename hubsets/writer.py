@@ -12,7 +12,6 @@ function of the record sequence; files appear under their final name only when c
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from datasets import Features
 
 from hubsets.builder import Partition
-from hubsets.schema import FEATURES, Record
+from hubsets.schema import FEATURES
 
 MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
@@ -45,22 +44,6 @@ class WrittenFile:
     """Sum of the row groups' uncompressed sizes (what the card reports as `num_bytes`)."""
 
 
-def record_nbytes(record: Record) -> int:
-    """Cheap estimate of a record's uncompressed size, dominated by image and embedding bytes."""
-    size = 64 + len(record["id"])
-    for image in record["images"]:
-        size += len(image["bytes"] or b"") + 16
-    for text in (record["context"], record["caption"]):
-        if text:
-            size += len(text)
-    for message in record["messages"]:
-        for part in message["content"]:
-            size += 8 + len(part["text"] or "")
-    if record["image_embedding"] is not None:
-        size += len(record["image_embedding"]["data"])
-    return size
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -72,7 +55,8 @@ def sha256_file(path: Path) -> str:
 @dataclass
 class _Open:
     partition: Partition
-    rows: list[Record] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
     nbytes: int = 0
     file_index: int = 0
     writer: pq.ParquetWriter | None = None
@@ -82,7 +66,7 @@ class _Open:
 class ShardWriter:
     """Streams records into partitioned parquet shards under `out`.
 
-    Row groups are converted to Arrow on the caller's thread and encoded, compressed and written on one
+    Row groups are assembled on the caller's thread and encoded, compressed and written on one
     background thread (pyarrow releases the GIL there), so writing overlaps with reading and image checks.
     At most `_MAX_PENDING` row groups wait for the writer thread, which keeps memory bounded.
     """
@@ -106,17 +90,19 @@ class ShardWriter:
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
 
-    def write(self, partition: Partition, record: Record) -> None:
+    def write(self, partition: Partition, table: pa.Table) -> None:
+        """Append rows (a table with exactly the unified schema) to `partition`."""
+        if len(table) == 0:
+            return
         state = self._open.get(partition)
         if state is None:
             state = self._open[partition] = _Open(partition)
-        size = record_nbytes(record)
-        row = dict(record)
-        row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
-        state.rows.append(row)
+        size = table.nbytes
+        state.tables.append(table)
+        state.rows += len(table)
         state.nbytes += size
         self._buffered += size
-        if state.nbytes >= self.row_group_bytes or len(state.rows) >= self.row_group_rows:
+        if state.nbytes >= self.row_group_bytes or state.rows >= self.row_group_rows:
             self._flush(state)
         while self._buffered > self.buffer_bytes:
             self._flush(max(self._open.values(), key=lambda s: s.nbytes))
@@ -156,11 +142,14 @@ class ShardWriter:
         return self.out / p.directory / f"{p.split}-{state.file_index:05d}.parquet"
 
     def _flush(self, state: _Open) -> None:
-        if not state.rows:
+        if not state.tables:
             return
-        table = pa.Table.from_pylist(state.rows, schema=self.schema)
+        table = pa.concat_tables(state.tables).replace_schema_metadata(self.schema.metadata)
+        if not table.schema.equals(self.schema):
+            raise ValueError(f"rows for {state.partition} do not have the unified schema")
         self._buffered -= state.nbytes
-        state.rows = []
+        state.tables = []
+        state.rows = 0
         state.nbytes = 0
         self._submit(self._write_group, state, table)
 

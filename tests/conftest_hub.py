@@ -123,6 +123,12 @@ def rewrite_shard(folder: Path, rel: str) -> None:
     (folder / "hubsets.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def published_files(folder: Path) -> list[Path]:
+    """The files a push publishes: everything but dot-files and dot-folders (build staging, caches)."""
+    return [p for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
 def folder_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file, by repo path (what snapshot_download must reproduce)."""
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    """sha256 of every published file, by repo path (what snapshot_download must reproduce)."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in published_files(folder)}

@@ -183,7 +183,7 @@ def test_plan_errors_are_clear(tmp_path, settings, remove, message):
 # --- slicing the big JSON arrays (hubsets.sources.json_array_slices) --------------------------------------------
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63) + 1, 2**63 - 1)  # yajl (ijson) overflows past 64-bit (and at -2**63)
+    st.none() | st.booleans() | st.integers(-(2**63) + 1, 2**63 - 1)  # yajl overflows at +-2**63
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.sampled_from(list('ab"\\,[]{}: \n\té𝄞')), max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),

@@ -16,7 +16,16 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
-from conftest_hub import REPO_ROOT, ServerProcess, built_copy, client_env, config_rows, manifest, run_client
+from conftest_hub import (
+    REPO_ROOT,
+    ServerProcess,
+    built_copy,
+    client_env,
+    config_rows,
+    manifest,
+    published_files,
+    run_client,
+)
 from huggingface_hub import HfApi
 
 from hubsets.hub import push
@@ -124,7 +133,7 @@ def test_sigkill_mid_upload_keeps_the_previous_commit_and_the_push_completes(ser
 
     assert result.commit_url is not None and api.dataset_info("org/crash").sha != head
     assert set(api.list_repo_files("org/crash", repo_type="dataset")) == {
-        p.relative_to(v2).as_posix() for p in v2.rglob("*") if p.is_file()}
+        p.relative_to(v2).as_posix() for p in published_files(v2)}
 
 
 def test_concurrent_streaming_readers_see_one_whole_commit_each(server, tmp_path_factory, tmp_path):

@@ -156,11 +156,12 @@ def test_planted_bad_rows_land_in_rejects_with_their_reason(tmp_path):
     manifest, ds = built(tmp_path / "src", tmp_path / "out", dtype="float16")
     assert sorted(ds["id"]) == sorted(f"synth2/vqgan_f16/{i}" for i in ("good0", "good1", "good2", "bigendian"))
     rejects = [json.loads(line) for line in (tmp_path / "out/rejects/rejects.jsonl").read_text().splitlines()]
-    by_id = {r["upstream_id"]: r["reason"] for r in rejects if r["upstream_id"] is not None}
+    by_id = {r["upstream_id"]: r["reason"] for r in rejects
+             if r["upstream_id"] is not None and r["reason"] != "duplicate_id"}
     assert by_id == expected
     [dup] = [r for r in rejects if r["reason"] == "duplicate_id"]
-    assert "synth2/vqgan_f16/good0" in dup["detail"]
-    assert sorted(r["reason"] for r in rejects if r["upstream_id"] is None) == ["bad_json", "duplicate_id"]
+    assert "synth2/vqgan_f16/good0" in dup["detail"] and dup["upstream_id"] == "good0"
+    assert sorted(r["reason"] for r in rejects if r["upstream_id"] is None) == ["bad_json"]
     assert all(r["detail"] and r["row"] is not None for r in rejects)
     assert not (tmp_path / "PWNED").exists()
     swapped = next(r for r in ds if r["meta"]["upstream_id"] == "bigendian")

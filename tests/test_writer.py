@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hubsets.builder import Partition
 from hubsets.schema import FEATURES, empty_record
-from hubsets.writer import ShardWriter, record_nbytes
+from hubsets.writer import ShardWriter
 
 KB = 1024
 
 
-def rec(i: int, size: int = 10 * KB, origin: str = "laion") -> dict:
-    return empty_record(id=f"skvqa/{origin}/{i}/0", dataset="skvqa", origin=origin,
-                        images=[{"bytes": os.urandom(size), "path": None}], context="c", meta={"i": i})
+def rec(i: int, size: int = 10 * KB, origin: str = "laion") -> pa.Table:
+    row = empty_record(id=f"skvqa/{origin}/{i}/0", dataset="skvqa", origin=origin,
+                       images=[{"bytes": os.urandom(size), "path": None}], context="c", meta=json.dumps({"i": i}))
+    return pa.Table.from_pylist([row], schema=FEATURES.arrow_schema)
+
+
+def with_image(i: int, data: bytes) -> pa.Table:
+    row = rec(i).to_pylist()[0]
+    row["images"] = [{"bytes": data, "path": None}]
+    return pa.Table.from_pylist([row], schema=FEATURES.arrow_schema)
 
 
 def test_row_groups_and_files_roll_over(tmp_path):
@@ -44,7 +53,7 @@ def test_buffers_stay_within_budget(tmp_path):
     for i in range(200):
         w.write(Partition("train", ["a", "b", "c", "d"][i % 4], "none"), rec(i, origin="x"))
         peak = max(peak, w._buffered)
-    assert peak <= 200 * KB + record_nbytes(rec(0))
+    assert peak <= 200 * KB + rec(0).nbytes
     assert sum(f.rows for f in w.close()) == 200
 
 
@@ -52,9 +61,7 @@ def test_output_is_deterministic(tmp_path):
     def run(out):
         w = ShardWriter(out, row_group_bytes=50 * KB)
         for i in range(30):
-            r = rec(i)
-            r["images"][0]["bytes"] = bytes([i % 256]) * (5 * KB)
-            w.write(Partition("train", "laion", ["ir", "none"][i % 2]), r)
+            w.write(Partition("train", "laion", ["ir", "none"][i % 2]), with_image(i, bytes([i % 256]) * (5 * KB)))
         return [(f.path, f.sha256) for f in w.close()]
 
     assert run(tmp_path / "a") == run(tmp_path / "b")
