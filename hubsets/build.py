@@ -17,20 +17,23 @@ import json
 import multiprocessing
 import shutil
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 import hubsets
 from hubsets import card, registry
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
-from hubsets.stage import PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
+from hubsets.schema import FEATURES
+from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
 from hubsets.writer import ShardWriter, WrittenFile, describe
 
 MANIFEST = "hubsets.json"
@@ -86,14 +89,24 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
         say(f"hubsets: {len(invalidated)} staged task(s) no longer match the input or options and will be redone")
     if len(todo) < len(tasks):
         say(f"hubsets: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
+    extra: Counter[str] = Counter()
+    plan_stats = getattr(builder, "plan_stats", None)
+    if plan_stats is not None:
+        extra.update(plan_stats(options, tasks))
+    stop = threading.Event()
     try:
-        _stage(name, todo, options, staging, workers, runner, ray_address, progress)
-        extra: Counter[str] = Counter()
-        plan_stats = getattr(builder, "plan_stats", None)
-        if plan_stats is not None:
-            extra.update(plan_stats(options, tasks))
         _prepare_out(out)
-        files, read, rejects = _merge(builder, keys, staging, out, writer_options or {}, extra)
+        # Staging runs on a background thread (its heavy parts release the GIL or run in worker processes)
+        # while the merge consumes finished tasks in plan order, so merging overlaps with staging.
+        with ThreadPoolExecutor(1, thread_name_prefix="hubsets-stage") as pool:
+            staged = pool.submit(_stage, name, todo, options, staging, workers, runner, ray_address, progress, stop)
+            try:
+                files, read, rejects = _merge(builder, keys, staging, out, writer_options or {}, extra,
+                                              lambda key: _wait_staged(staging, key, staged))
+            except BaseException:
+                stop.set()
+                raise
+            staged.result()
     except OSError as exc:
         raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished tasks are kept and the build resumes") from exc
@@ -110,8 +123,18 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     return manifest
 
 
+def _wait_staged(staging: Staging, key: str, staged: Future[None]) -> None:
+    """Block until task `key` is staged; re-raise the staging failure if there was one."""
+    while not staging.done(key):
+        if staged.done():
+            staged.result()
+            if not staging.done(key):
+                raise BuildError(f"staged task {key} is missing after staging finished (was {STAGING} edited?)")
+        time.sleep(0.005)
+
+
 def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: Staging, workers: int,
-           runner: str, ray_address: str | None, progress: bool | None) -> None:
+           runner: str, ray_address: str | None, progress: bool | None, stop: threading.Event) -> None:
     """Run the tasks not staged yet; each publishes its own folder, so any subset may be lost to a crash."""
     if not todo:
         return
@@ -125,6 +148,8 @@ def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: S
             run_tasks(name, todo, options, staging, ray_address, on_done=lambda: bar.update(1))
         elif workers <= 1:
             for task, key in todo:
+                if stop.is_set():
+                    return
                 run_task(name, task, options, staging.path(key))
                 bar.update(1)
         else:
@@ -132,6 +157,9 @@ def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: S
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = [pool.submit(run_task, name, task, options, staging.path(key)) for task, key in todo]
                 for future in as_completed(futures):
+                    if stop.is_set():
+                        pool.shutdown(cancel_futures=True)
+                        return
                     future.result()
                     bar.update(1)
     finally:
@@ -156,8 +184,9 @@ def _prepare_out(out: Path) -> None:
 
 
 def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, writer_options: dict[str, Any],
-           extra: Counter[str]) -> tuple[list[WrittenFile], Counter[str], list[dict[str, Any]]]:
-    """Stream staged tasks, in plan order, into the final shards and the rejects file."""
+           extra: Counter[str], wait: Callable[[str], None],
+           ) -> tuple[list[WrittenFile], Counter[str], list[dict[str, Any]]]:
+    """Stream staged tasks, in plan order (waiting for each to be staged), into the final shards and rejects."""
     writer = ShardWriter(out, **writer_options)
     seen = _SeenIds()
     read: Counter[str] = Counter()
@@ -168,14 +197,16 @@ def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, write
     try:
         with open(rejects_path, "w", encoding="utf-8") as sink:
             for key in keys:
+                wait(key)
                 stats: TaskStats = staging.stats(key)
                 read.update(stats.read)
                 extra.update(stats.extra)
                 for line in staging.rejects(key):
                     sink.write(line)
                     rejects.append(_reject_summary(json.loads(line)))
+                images = staging.images(key)
                 for batch in staging.rows(key):
-                    for entry in _write_batch(writer, batch, seen):
+                    for entry in _write_batch(writer, batch, images, seen):
                         sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
                         rejects.append(_reject_summary(entry))
                         if reject_stats is not None:
@@ -192,7 +223,8 @@ def _reject_summary(entry: dict[str, Any]) -> dict[str, Any]:
             "file": entry["file"] if entry["row"] is None else None}
 
 
-def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, seen: _SeenIds) -> list[dict[str, Any]]:
+def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructArray,
+                 seen: _SeenIds) -> list[dict[str, Any]]:
     """Route one staged batch to its partitions; returns reject entries for duplicate ids."""
     ids = batch.column("id").to_pylist()
     keep: list[int] = []
@@ -209,11 +241,21 @@ def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, seen: _SeenIds) -> 
     split, origin, sig = (batch.column(c).to_pylist() for c in PARTITION_COLUMNS)
     for index in keep:
         groups[Partition(split[index], origin[index], sig[index])].append(index)
-    table = pa.Table.from_batches([batch]).drop_columns(list(PARTITION_COLUMNS))
+    table = pa.Table.from_batches([batch])
     for partition, indices in groups.items():
         part = table if len(indices) == len(ids) else table.take(pa.array(indices, type=pa.int64()))
-        writer.write(partition, part)
+        writer.write(partition, _with_images(part, images))
     return duplicates
+
+
+def _with_images(staged: pa.Table, images: pa.StructArray) -> pa.Table:
+    """The unified-schema table: image references resolved to bytes (the one copy of them the merge makes)."""
+    refs = staged.column(IMAGE_REFS).combine_chunks()
+    offsets = pc.subtract(refs.offsets, refs.offsets[0])
+    column = pa.ListArray.from_arrays(offsets, images.take(refs.flatten()),
+                                      type=FEATURES.arrow_schema.field("images").type)
+    arrays = [column if name == "images" else staged.column(name) for name in FEATURES.arrow_schema.names]
+    return pa.Table.from_arrays(arrays, schema=FEATURES.arrow_schema)
 
 
 def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str, dict[str, list[str]]]:

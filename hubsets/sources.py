@@ -46,6 +46,41 @@ class BadRow:
         self.detail = detail
 
 
+MAX_DEPTH = 64
+"""Deepest nesting of arrays/objects accepted in one JSON row (real records nest a few levels). Deeper rows
+are `too_deep` rejects: every later step (meta, JSON encoding, validation) would recurse that deep."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays/objects nest more than `limit` levels deep in `value` (checked without recursion)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        if not {dict, list}.isdisjoint(map(type, children)):  # C-speed skip of scalar-only arrays (embeddings)
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def parse_json_line(line: bytes) -> Any:
+    """One JSONL line's value, or a `BadRow` (blank, not JSON, invalid UTF-8, nested too deeply)."""
+    if not line.strip():
+        return BadRow("bad_json", "blank line")
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return BadRow("bad_json", str(exc)[:200])
+    except RecursionError:
+        return BadRow("too_deep", f"arrays/objects nested more than {MAX_DEPTH} levels deep")
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and too_deep(value):
+        return BadRow("too_deep", f"arrays/objects nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
 def discover(root: Path, suffixes: tuple[str, ...]) -> list[str]:
     """Input files under `root` (any depth), sorted, as POSIX paths relative to `root`."""
     if not root.is_dir():
@@ -75,6 +110,8 @@ def iter_json_array(path: Path, label: str, *, offset: int = 0, first_row: int =
                 f.seek(offset)
                 stream = _Prefixed(b"[", f)
             for value in ijson.items(stream, "item", use_float=True):
+                if too_deep(value):
+                    value = BadRow("too_deep", f"arrays/objects nested more than {MAX_DEPTH} levels deep")
                 yield row, value
                 row += 1
                 if rows is not None and row - first_row >= rows:
@@ -160,7 +197,7 @@ def json_array_slices(path: Path, label: str, rows_per_slice: int, *,
                         break
                     try:
                         _, end = decoder.raw_decode(buf, j)
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
                         if eof or len(buf) - j > max(4 * chunk_bytes, 64 * 1024 * 1024):
                             break  # malformed (or an element too large to scan): the reader reports it
                         more = f.read(chunk_bytes)
@@ -191,13 +228,7 @@ def iter_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:
     """One JSON value per non-blank line; a line that does not parse yields a `BadRow`."""
     with open(path, "rb") as f:
         for row, line in enumerate(f):
-            if not line.strip():
-                yield row, BadRow("bad_json", "blank line")
-                continue
-            try:
-                yield row, json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                yield row, BadRow("bad_json", str(exc)[:200])
+            yield row, parse_json_line(line)
 
 
 def iter_parquet(path: Path, label: str, *, batch_rows: int = 256, row_groups: list[int] | None = None,
@@ -230,13 +261,17 @@ def iter_parquet(path: Path, label: str, *, batch_rows: int = 256, row_groups: l
                     row = start
                 if stop is not None and row + batch.num_rows > stop:
                     batch = batch.slice(0, max(0, stop - row))
-                for value in batch.to_pylist():
-                    yield row, value
+                names = batch.schema.names
+                values = [column_values(batch.column(i)) for i in range(batch.num_columns)]
+                for row_values in zip(*values, strict=True):
+                    yield row, dict(zip(names, row_values, strict=True))
                     row += 1
                 if stop is not None and row >= stop:
                     break
         except (pa.ArrowException, OSError) as exc:
             raise SourceError(label, row, "bad_parquet", str(exc).splitlines()[0][:200]) from None
+        except UnicodeDecodeError as exc:  # a string column holding bytes that are not UTF-8
+            raise SourceError(label, row, "bad_parquet", f"invalid UTF-8 in a string column: {exc}"[:200]) from None
 
 
 def column_values(array: pa.Array) -> list[Any]:

@@ -4,8 +4,11 @@ A task's output (accepted rows with their partition, rejects, counters) lands in
 `<out>/.hubsets-build/tasks/<key>/`, written under a temporary name and renamed when complete, so a
 folder that exists is a finished task: that is the journal a resumed build reads. The key hashes the
 builder and its version, the task, the options that change results, and the input file's size and
-mtime, so a changed input or option invalidates exactly the tasks it affects. Staged rows are parquet
-with dictionary-encoded image bytes (cheap to write and read back; repeated images stored once).
+mtime, so a changed input or option invalidates exactly the tasks it affects.
+
+Each distinct image is staged once (`images.parquet`) and rows refer to it by index (`_images`): per-QA
+layouts such as SK-VQA repeat an image on every QA row, and copying those bytes at every step would cost
+more than checking the image. The merge materializes the final `images` column once, per partition.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,11 +34,17 @@ from hubsets.filters import signature
 
 STAGING = ".hubsets-build"
 """Under the output folder: staged task results. A dot-folder, so it is never pushed or loaded."""
-ROWS, REJECTS, STATS = "rows.parquet", "rejects.jsonl", "stats.json"
+ROWS, IMAGES, REJECTS, STATS = "rows.parquet", "images.parquet", "rejects.jsonl", "stats.json"
 PARTITION_COLUMNS = ("_split", "_origin", "_signature")
+IMAGE_REFS = "_images"
+IMAGE_TYPE = schema.FEATURES.arrow_schema.field("images").type.value_type
 STAGED_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS]
-                          + list(schema.FEATURES.arrow_schema), metadata=schema.FEATURES.arrow_schema.metadata)
+                          + [pa.field(IMAGE_REFS, pa.list_(pa.int64()))]
+                          + [f for f in schema.FEATURES.arrow_schema if f.name != "images"])
+IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
 BATCH_BYTES = 32 * 1024 * 1024
+FORMAT = 2
+"""Version of the staged layout; part of every task key, so a hubsets upgrade never reuses old stages."""
 
 
 @dataclass
@@ -64,7 +74,7 @@ def task_key(builder: Builder, task: Task, options: Options) -> str:
     except OSError:
         fingerprint = None
     identity = {
-        "builder": builder.NAME, "version": builder.VERSION, "schema": schema.FEATURES.to_dict(),
+        "format": FORMAT, "builder": builder.NAME, "version": builder.VERSION, "schema": schema.FEATURES.to_dict(),
         "task": {"file": task.file, "part": task.part, "parts": task.parts, "options": dict(task.options)},
         "options": {"columns": dict(options.columns), "settings": dict(options.settings),
                     "max_pixels": options.max_pixels, "revision": options.revision},
@@ -98,9 +108,20 @@ class Staging:
         return removed
 
     def rows(self, key: str) -> Iterator[pa.RecordBatch]:
+        """Staged rows (without image bytes: `_images` holds indexes into `images(key)`)."""
         path = self.path(key) / ROWS
         if path.is_file():
-            yield from pq.ParquetFile(path).iter_batches(batch_size=1024)
+            yield from pq.ParquetFile(path).iter_batches(batch_size=4096)
+
+    def images(self, key: str) -> pa.StructArray:
+        """The task's distinct images as one struct<bytes, path> array, indexed by `_images`."""
+        path = self.path(key) / IMAGES
+        if not path.is_file():
+            return pa.array([], type=IMAGE_TYPE)
+        table = pq.read_table(path).combine_chunks()
+        return pa.StructArray.from_arrays([table.column(n).chunk(0) if table.column(n).num_chunks else
+                                           pa.array([], type=table.schema.field(n).type) for n in table.column_names],
+                                          fields=list(IMAGE_TYPE))
 
     def rejects(self, key: str) -> Iterator[str]:
         with open(self.path(key) / REJECTS, encoding="utf-8") as f:
@@ -172,6 +193,55 @@ def run_task(name: str, task: Task, options: Options, folder: Path) -> TaskStats
     return stats
 
 
+class _ImageTable:
+    """A task's distinct images, appended in first-seen order; rows refer to them by index.
+
+    Identity (the same `bytes` object, as readers hand out for an image's adjacent rows) is the cheap test;
+    equal bytes in distinct objects are merely stored twice, never hashed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._index: dict[tuple[int, str | None], int] = {}
+        self._keep: list[bytes] = []
+        self._pending: list[dict[str, Any]] = []
+        self._pending_bytes = 0
+        self._count = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def refs(self, images: list[dict[str, Any]]) -> list[int]:
+        out = []
+        for image in images:
+            key = (id(image["bytes"]), image["path"])
+            index = self._index.get(key)
+            if index is None:
+                index = self._index[key] = self._count
+                self._count += 1
+                self._keep.append(image["bytes"])  # keeps id() unique while the object is indexed
+                self._pending.append({"bytes": image["bytes"], "path": image["path"]})
+                self._pending_bytes += len(image["bytes"])
+                if self._pending_bytes >= BATCH_BYTES:
+                    self.flush()
+            out.append(index)
+        return out
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, IMAGES_SCHEMA, compression="none", use_dictionary=False,
+                                            write_statistics=False)
+        self._writer.write_table(pa.Table.from_pylist(self._pending, schema=IMAGES_SCHEMA))
+        self._pending, self._pending_bytes = [], 0
+        if len(self._index) > 4096:  # rows of one image are adjacent: old entries will not be hit again
+            self._index.clear()
+            self._keep.clear()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats:
     stats = TaskStats()
     check = _ImageChecker(options.max_pixels)
@@ -180,18 +250,18 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
     rows: list[dict[str, Any]] = []
     pending = 0
     writer: pq.ParquetWriter | None = None
+    images = _ImageTable(tmp / IMAGES)
 
     def flush() -> None:
         nonlocal writer, pending
+        pending = 0
         if not rows:
             return
         if writer is None:
             writer = pq.ParquetWriter(tmp / ROWS, STAGED_SCHEMA, compression="none",
-                                      use_dictionary=["images.list.element.bytes", *PARTITION_COLUMNS],
-                                      dictionary_pagesize_limit=2 * BATCH_BYTES, write_statistics=False)
+                                      use_dictionary=list(PARTITION_COLUMNS), write_statistics=False)
         writer.write_table(pa.Table.from_pylist(rows, schema=STAGED_SCHEMA))
         rows.clear()
-        pending = 0
 
     try:
         with open(tmp / REJECTS, "w", encoding="utf-8") as rejects:
@@ -211,21 +281,24 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
                     stats.extra.update(record_stats(record))
                 row = dict(record)
                 row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
+                row[IMAGE_REFS] = images.refs(record["images"])
                 row["_split"], row["_origin"] = partition.split, partition.origin
                 row["_signature"] = partition.signature
                 rows.append(row)
-                pending += _row_bytes(record)
-                if pending >= BATCH_BYTES:
+                pending += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
+                if record["image_embedding"] is not None:
+                    pending += len(record["image_embedding"]["data"])
+                if pending >= BATCH_BYTES or len(rows) >= 4096:
                     flush()
             flush()
-    finally:
-        if writer is not None:
-            writer.close()
+            images.flush()
+    except BaseException:
+        with suppress(Exception):  # the original error matters, not the broken writers' complaints
+            images.close()
+            if writer is not None:
+                writer.close()
+        raise
+    images.close()
+    if writer is not None:
+        writer.close()
     return stats
-
-
-def _row_bytes(record: schema.Record) -> int:
-    size = 256 + sum(len(image["bytes"] or b"") for image in record["images"])
-    if record["image_embedding"] is not None:
-        size += len(record["image_embedding"]["data"])
-    return size
