@@ -121,6 +121,7 @@ class _Sink:
         self.root, self.layout, self.files, self.images = root, layout, files, images
         self.current = -1
         self.handle: Any = None
+        self.pending: list[dict[str, Any]] = []
 
     def write(self, image_index: int, rows: list[dict[str, Any]]) -> None:
         n = image_index * self.files // self.images
@@ -135,13 +136,22 @@ class _Sink:
             else:
                 self.handle = open(self.root / f"part-{n:05d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         if self.layout == "parquet":
-            self.handle.write_table(pa.Table.from_pylist(rows, schema=self.handle.schema))
+            self.pending += rows
+            if len(self.pending) >= 256:  # row groups of a realistic size, as HF parquet exports have
+                self._flush()
         else:
             for row in rows:
                 self.handle.write(json.dumps(row) + "\n")
 
+    def _flush(self) -> None:
+        if self.pending:
+            self.handle.write_table(pa.Table.from_pylist(self.pending, schema=self.handle.schema))
+            self.pending = []
+
     def close(self) -> None:
         if self.handle is not None:
+            if self.layout == "parquet":
+                self._flush()
             self.handle.close()
             self.handle = None
 

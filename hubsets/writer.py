@@ -75,7 +75,7 @@ class ShardWriter:
 
     def __init__(self, out: Path, *, features: Features = FEATURES, row_group_bytes: int = 64 * MB,
                  row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
-                 buffer_bytes: int = 192 * MB) -> None:
+                 buffer_bytes: int = 128 * MB) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
