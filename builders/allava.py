@@ -28,8 +28,8 @@ is present), `rows_per_task=N` (default 1,000 for image subsets, 20,000 for text
 
 Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_conversations`, `empty_conversations`,
 `missing_field`, `unknown_role`, `image_missing`, `unsafe_path`, `image_unreadable`,
-`image_token_mismatch`, `archive_*`, `bad_json`/`not_a_json_array` (file level), plus the build's
-image checks and `duplicate_id`.
+`image_token_mismatch`, `archive_*`, `too_deep` (a row nested over 64 levels), `bad_json`/`not_a_json_array`
+(file level), plus the build's image checks and `duplicate_id`.
 """
 
 from __future__ import annotations
@@ -355,6 +355,8 @@ def _upstream_id(value: Mapping[str, Any], subset: Subset) -> tuple[str, str]:
 def _read_row(subset: Subset, file: str, row: int, value: Any,
               resolver: LaionImages | VflanImages | None) -> Item:
     origin = subset.origin
+    if isinstance(value, sources.BadRow):  # e.g. nested too deeply
+        return Reject(file, row, None, origin, value.reason, value.detail)
     if not isinstance(value, dict):
         return Reject(file, row, None, origin, "wrong_type", f"row must be an object, got {type(value).__name__}")
     upstream_id = None

@@ -363,8 +363,8 @@ def _build_index(source: Path, files: list[_File], fields: Mapping[str, str], wo
         for number, f in enumerate(files):
             try:
                 _key_file(source, f, number, fields, handles, n_buckets)
-            except (pa.ArrowException, OSError) as exc:
-                # footer fine, data not: the file becomes a file-level reject, its keys are ignored below
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+                # footer fine, data not (or url/caption not UTF-8): a file-level reject, its keys are ignored below
                 broken[number] = f"{f.rel}: unreadable data ({str(exc).splitlines()[0][:200]})"
                 continue
             counts[f"{f.set}_rows"] += f.rows
@@ -455,7 +455,11 @@ def read(task: Task, options: Options) -> Iterator[Item]:
         for row, value in sources.iter_parquet(options.source / task.file, task.file, batch_rows=1024,
                                                row_groups=[task.options["row_group"]], start=start, stop=stop):
             item = _candidate(task.file, set_name, row, value, fields, int(status[row]))
-            if item is not None:
+            if item is None:
+                continue
+            if not s.fetch_images:  # nothing to batch: stream, so a task never holds its rows in memory
+                yield item if isinstance(item, Reject) else _row(task.file, set_name, item, None)
+            else:
                 items.append(item)
     except sources.SourceError as exc:
         # the rest of this slice cannot be read: one reject stands for all of its rows

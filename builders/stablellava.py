@@ -16,8 +16,8 @@ byte for byte either way.
 Settings (`--set`): `images=DIR`, `rows_per_task=N` (default 1,000 with images, 20,000 without).
 
 Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_field`, `image_missing`, `unsafe_path`,
-`image_unreadable`, `image_token_mismatch`, `bad_json`/`not_a_json_array` (file level), plus the build's
-image checks and `duplicate_id`.
+`image_unreadable`, `image_token_mismatch`, `too_deep` (a row nested over 64 levels),
+`bad_json`/`not_a_json_array` (file level), plus the build's image checks and `duplicate_id`.
 """
 
 from __future__ import annotations
@@ -189,6 +189,8 @@ def _read_image(root: Path, image: str) -> bytes:
 
 
 def _read_row(category: str, file: str, row: int, value: Any, root: Path | None) -> Item:
+    if isinstance(value, sources.BadRow):  # e.g. nested too deeply
+        return Reject(file, row, None, category, value.reason, value.detail)
     if not isinstance(value, dict):
         return Reject(file, row, None, category, "wrong_type", f"row must be an object, got {type(value).__name__}")
     upstream_id = None

@@ -384,13 +384,7 @@ def _jsonl_rows(path: Path, offset: int = 0, first_row: int = 0, rows: int | Non
             line = f.readline()
             if not line:
                 return
-            if not line.strip():
-                yield row, sources.BadRow("bad_json", "blank line")
-            else:
-                try:
-                    yield row, json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    yield row, sources.BadRow("bad_json", str(exc)[:200])
+            yield row, sources.parse_json_line(line)
             row += 1
 
 
@@ -461,7 +455,12 @@ def read(task: Task, options: Options) -> Iterator[Item]:
         for row, value in rows:
             yield _item(task.file, row, value, options.source, s, ref, headers)
     except sources.SourceError as exc:
-        yield Reject(task.file, exc.row, None, s.origin, exc.reason, exc.detail)
+        stop = task.options.get("stop")
+        if exc.row is None or stop is None:  # the file itself cannot be read
+            yield Reject(task.file, exc.row, None, s.origin, exc.reason, exc.detail)
+        else:  # one reject stands for every row of the slice from the one that failed
+            yield Reject(task.file, exc.row, None, s.origin, exc.reason,
+                         f"{exc.detail}; rows {exc.row}..{stop - 1} could not be read", count=max(1, stop - exc.row))
 
 
 def _item(file: str, row: int, value: Any, base: Path, s: Settings, ref: dict[str, Any] | None,

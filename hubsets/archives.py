@@ -197,7 +197,10 @@ class ArchiveIndex:
                 if isinstance(handle, zipfile.ZipFile):
                     assert isinstance(info, zipfile.ZipInfo)
                     with handle.open(info) as f:
-                        data = f.read(cap + 1)
+                        # never ask for more than the header declares: zipfile decompresses up to the amount
+                        # asked for before cutting at the declared size, so a lying header (a bomb that claims
+                        # 100 bytes) would otherwise be inflated in memory up to the cap; the CRC then fails
+                        data = f.read(min(info.file_size, cap) + 1)
                 else:
                     assert isinstance(info, tarfile.TarInfo)
                     extracted = handle.extractfile(info)

@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
@@ -45,18 +46,61 @@ RUNNERS = ("local", "ray")
 
 
 class _SeenIds:
-    """Exact duplicate-id detection using 16-byte digests (about 80 bytes per row in memory)."""
+    """Exact duplicate-id detection over 16-byte digests: the latest ids in a set, older ones in sorted numpy
+    runs (the two 64-bit halves of each digest) merged like a log-structured tree. ~26 bytes per id instead of
+    ~100 for a set of digests: 10M ids take 250 MB, not 1 GB; KALE's 218M, 6 GB, not 21 GB."""
+
+    RECENT = 1 << 18
+    """Ids kept in the set before they are sorted into a run."""
 
     def __init__(self) -> None:
-        self._seen: set[bytes] = set()
+        self._recent: set[bytes] = set()
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (high, low) halves sorted by high; largest first
 
-    def add(self, record_id: str) -> bool:
-        """False when `record_id` was seen before."""
-        digest = hashlib.blake2b(record_id.encode("utf-8"), digest_size=16).digest()
-        if digest in self._seen:
-            return False
-        self._seen.add(digest)
-        return True
+    @staticmethod
+    def _digest(record_id: str) -> bytes:
+        return hashlib.blake2b(record_id.encode("utf-8"), digest_size=16).digest()
+
+    def add_many(self, record_ids: Sequence[str]) -> list[bool]:
+        """For each id, in order: True when new, False when seen before (earlier in `record_ids` included)."""
+        digests = [self._digest(r) for r in record_ids]
+        known = np.zeros(len(digests), dtype=bool)
+        if self._runs and digests:
+            halves = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+            order = np.argsort(halves[:, 0])
+            high, low = halves[order, 0], halves[order, 1]
+            found = np.zeros(len(digests), dtype=bool)
+            for run_high, run_low in self._runs:
+                at = np.minimum(np.searchsorted(run_high, high), len(run_high) - 1)
+                same_high = run_high[at] == high
+                found |= same_high & (run_low[at] == low)
+                for i in np.flatnonzero(same_high & ~found):  # other ids with the same high half (rare)
+                    j = int(at[i]) + 1
+                    while not found[i] and j < len(run_high) and run_high[j] == high[i]:
+                        found[i] = run_low[j] == low[i]
+                        j += 1
+            known[order] = found
+        fresh = []
+        for digest, old in zip(digests, known.tolist(), strict=True):
+            new = not old and digest not in self._recent
+            if new:
+                self._recent.add(digest)
+            fresh.append(new)
+        if len(self._recent) >= self.RECENT:
+            self._compact()
+        return fresh
+
+    def _compact(self) -> None:
+        halves = np.frombuffer(b"".join(self._recent), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        self._recent = set()
+        order = np.argsort(halves[:, 0])
+        high, low = halves[order, 0], halves[order, 1]
+        while self._runs and len(self._runs[-1][0]) <= 2 * len(high):
+            old_high, old_low = self._runs.pop()
+            high, low = np.concatenate([old_high, high]), np.concatenate([old_low, low])
+            order = np.argsort(high, kind="stable")  # two sorted runs: a linear merge
+            high, low = high[order], low[order]
+        self._runs.append((high, low))
 
 
 def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: str = "local",
@@ -145,7 +189,7 @@ def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: S
         if runner == "ray":
             from hubsets.ray_runner import run_tasks
 
-            run_tasks(name, todo, options, staging, ray_address, on_done=lambda: bar.update(1))
+            run_tasks(name, todo, options, staging, ray_address, on_done=lambda: bar.update(1), stop=stop)
         elif workers <= 1:
             for task, key in todo:
                 if stop.is_set():
@@ -229,8 +273,8 @@ def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructAr
     ids = batch.column("id").to_pylist()
     keep: list[int] = []
     duplicates: list[dict[str, Any]] = []
-    for index, record_id in enumerate(ids):
-        if seen.add(record_id):
+    for index, (record_id, new) in enumerate(zip(ids, seen.add_many(ids), strict=True)):
+        if new:
             keep.append(index)
             continue
         meta = json.loads(batch.column("meta")[index].as_py() or "{}")

@@ -100,7 +100,9 @@ def _check_configs(folder: Path, manifest: dict[str, Any], card: dict[str, Any])
     card_configs = {c.get("config_name"): c for c in card.get("configs", []) if isinstance(c, dict)}
     infos = {i.get("config_name"): i for i in card.get("dataset_info", []) if isinstance(i, dict)}
     defaults = [name for name, c in card_configs.items() if c.get("default")]
-    if len(defaults) != 1:
+    # an empty default config (e.g. KALE's `full` when every full shard was rejected) is left out of the card
+    default_has_rows = any(c.get("default") and c.get("splits") for c in manifest.get("configs", {}).values())
+    if len(defaults) > 1 or (not defaults and default_has_rows):
         errors.append(f"README.md: exactly one config must have default: true, found {defaults or 'none'}")
     for name, expected in manifest.get("configs", {}).items():
         if not expected["splits"]:

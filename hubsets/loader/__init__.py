@@ -1,0 +1,29 @@
+"""The training loader: parquet row groups from the Hub or disk to torch batches, fast and resumable.
+
+`hubsets.loader(...)` (this package is callable: `hubsets.loader` is both) and `hubsets.mix(...)` return a
+`Loader`. See `api.loader` for the options, `plan` for the order and state, `decode` for the image path.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from hubsets.loader.api import loader
+from hubsets.loader.dataset import Loader
+from hubsets.loader.decode import DecodeOptions
+from hubsets.loader.mix import mix
+from hubsets.loader.plan import merge_states
+
+__all__ = ["DecodeOptions", "Loader", "loader", "merge_states", "mix"]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `hubsets.loader(...)` work although `hubsets.loader` is also this package."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Loader:
+        return loader(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,117 @@
+"""`hubsets.loader(...)`: resolve the sources, check the options, build the `Loader`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from hubsets.images import DEFAULT_MAX_PIXELS
+from hubsets.loader.dataset import Loader
+from hubsets.loader.decode import DecodeOptions, Resize
+from hubsets.loader.plan import Schedule, Stopping
+from hubsets.loader.source import Source, resolve
+from hubsets.loader.stream import StreamSpec, Transform
+
+SourceLike = str | os.PathLike[str]
+WINDOW_BYTES = 128 << 20
+"""Default shuffle window: 128 MiB of row groups. Parquet is read a row group at a time, so this is also
+about what must arrive before a worker's first batch (~1 s over a loopback Hub server here) and what a
+worker holds per source. hubsets' writer makes row groups of up to 96 MB, smaller when a build has many
+partitions, so a window spans several row groups of a multi-origin build and one of a big single one."""
+
+
+def loader(source: SourceLike, config: str = "default", split: str = "train", *, image_size: int = 336,
+           resize: Resize = "crop", batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+           shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
+           device: str | torch.device = "cpu", columns: Sequence[str] | None = None,
+           transform: Transform | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, drop_last: bool = False,
+           pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
+           window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
+           endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
+           multiprocessing_context: Any = None) -> Loader:
+    """Stream (`config`, `split`) of `source` as torch batches.
+
+    `source`: a folder from `hubsets build`, an `org/name` Hub dataset repo (`HF_ENDPOINT` and `endpoint`
+    are honoured; `revision` is pinned to its commit sha at start), any fsspec URL of such a folder, or a
+    parquet file or glob. A batch is a dict: `pixel_values` uint8 [N_images, 3, image_size, image_size]
+    (channels-last memory, the decoder's layout) and `num_images` [B] when `images` is read;
+    `image_embedding` as a tensor in its stored dtype; the other columns as lists (`meta` parsed from
+    JSON). `columns` (default: all) limits what is read from the files.
+
+    `resize`: "crop" (shorter side to image_size, centre crop), "pad" (longer side, centred on
+    `pad_value`) or "stretch". Images over `max_pixels`, and undecodable ones, skip their row; see
+    `Loader.stats`. `transform(batch) -> batch` runs in the workers (in the main process after the GPU
+    decode with `device="cuda"`, which decodes JPEGs on the GPU, or on the CPU when there is none).
+
+    The order is a deterministic function of `seed` and the epoch, the same for any number of ranks and
+    workers: row groups are shuffled, then rows within windows of `window_bytes` of row groups (at least
+    one). A worker holds one window per source; a bigger window mixes more and costs memory and time to
+    first batch. `rank`/`world_size` default to torch.distributed's. `drop_last` also gives every rank the
+    same number of batches, which DDP needs."""
+    return build([(source, config, 1.0)], split, image_size=image_size, resize=resize, batch_size=batch_size,
+                 num_workers=num_workers, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                 device=device, columns=columns, transform=transform, max_pixels=max_pixels, drop_last=drop_last,
+                 pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
+                 window_bytes=window_bytes, pad_value=pad_value, revision=revision, endpoint=endpoint,
+                 storage_options=storage_options, multiprocessing_context=multiprocessing_context)
+
+
+def build(entries: Sequence[tuple[SourceLike, str, float]], split: str, *, stopping: Stopping = "first_exhausted",
+          image_size: int = 336, resize: Resize = "crop", batch_size: int = 32, num_workers: int = 0,
+          seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
+          device: str | torch.device = "cpu", columns: Sequence[str] | None = None,
+          transform: Transform | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, drop_last: bool = False,
+          pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
+          window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
+          endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
+          multiprocessing_context: Any = None) -> Loader:
+    """The loader over one or more weighted (source, config) entries; `loader` and `mix` call this."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if window_bytes < 1:
+        raise ValueError(f"window_bytes must be positive, got {window_bytes}")
+    rank, world_size = _distributed(rank, world_size)
+    decode = DecodeOptions(image_size=image_size, resize=resize, max_pixels=max_pixels, pad_value=pad_value)
+    sources = tuple(resolve(s, config, split, revision=revision, endpoint=endpoint,
+                            storage_options=storage_options) for s, config, _ in entries)
+    wanted = _columns(sources, columns)
+    device = torch.device(device)
+    on_gpu = device.type == "cuda" and "images" in wanted
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn("hubsets.loader: device='cuda' but no CUDA device is available; decoding on the CPU",
+                      RuntimeWarning, stacklevel=3)
+        device, on_gpu = torch.device("cpu"), False
+    schedule = Schedule([w for _, _, w in entries], [s.num_rows for s in sources], stopping)
+    spec = StreamSpec(sources, schedule, wanted, decode, batch_size, seed, shuffle, window_bytes, drop_last,
+                      rank, world_size, on_gpu, transform)
+    return Loader(spec, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
+                  prefetch_factor=prefetch_factor, device=device, multiprocessing_context=multiprocessing_context)
+
+
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values win; otherwise torch.distributed's when initialised; otherwise one rank."""
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if initialised else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if initialised else 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def _columns(sources: Sequence[Source], columns: Sequence[str] | None) -> tuple[str, ...]:
+    """The columns to read: `id` always (warnings name rows by it), then the requested ones, all present
+    in every source."""
+    available = [name for name in sources[0].schema.names if all(name in s.schema.names for s in sources)]
+    wanted = list(available if columns is None else columns)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise ValueError(f"unknown columns {missing}; the data has {available}")
+    if "id" not in available:
+        raise ValueError(f"the data has no `id` column (columns: {available}); is it a hubsets dataset?")
+    return ("id", *[c for c in wanted if c != "id"])

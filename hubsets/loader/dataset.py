@@ -1,0 +1,204 @@
+"""`Loader`, the object users iterate: a DataLoader over the workers' batch streams, and the exact state.
+
+The main process records a worker's progress only when it hands that worker's batch to the user, so
+batches prefetched but never delivered are not counted as consumed, and `state_dict()` is exact at any
+point; the remaining positions of the epoch are all a state holds (see plan.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from hubsets.loader import gpu, stream
+from hubsets.loader.plan import Interval, State, cut, merge_states, total, union
+from hubsets.loader.stream import META_KEY, BatchStream, Job, JobBoard, StreamSpec
+
+
+def _identity(batch: Any) -> Any:
+    """The DataLoader's per-item hook: batches are already collated in the workers."""
+    return batch
+
+
+class Loader:
+    """Iterate for batches (dicts; see `hubsets.loader`). Each full pass is one epoch and the next pass
+    starts the next epoch; a pass interrupted by `break` is continued by the next one.
+
+    `state_dict()` / `load_state_dict()` resume exactly; `set_epoch()` jumps to the start of an epoch;
+    `stats` counts delivered rows and images and skipped rows by reason; `close()` stops persistent
+    workers (so does leaving a `with` block)."""
+
+    def __init__(self, spec: StreamSpec, *, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False, prefetch_factor: int | None = 2,
+                 device: torch.device | str = "cpu", multiprocessing_context: Any = None) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self._spec = spec
+        self._device = torch.device(device)
+        self._workers = max(1, num_workers)
+        self._dataloader_options: dict[str, Any] = {
+            "num_workers": num_workers, "pin_memory": pin_memory and torch.cuda.is_available(),
+            "persistent_workers": persistent_workers and num_workers > 0,
+            "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
+        }
+        self._board = JobBoard(64)
+        self._dataloader: DataLoader[dict[str, Any]] | None = None
+        self._generation = 0
+        self._stats: Counter[str] = Counter()
+        self._reset(State(spec.fingerprint, 0, None, spec.world_size, tuple(range(spec.world_size))))
+
+    # --- iteration ---------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._prepare()
+        self._generation += 1
+        generation = self._generation
+        iterator = iter(self._get_dataloader())
+        try:
+            for batch in iterator:
+                meta = batch.pop(META_KEY)
+                pending = batch.pop(gpu.PENDING_KEY, None)
+                if pending is not None:
+                    batch, failed = gpu.finish(batch, pending, self._device, self._spec.decode, stream.warn)
+                    meta["rows"] -= failed
+                    meta["skipped"]["image_corrupt"] = meta["skipped"].get("image_corrupt", 0) + failed
+                    if self._spec.transform is not None:
+                        batch = self._spec.transform(batch)
+                if self._device.type != "cpu":
+                    batch = {k: v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                             for k, v in batch.items()}
+                if generation == self._generation:
+                    self._progress[meta["worker"]] = meta["consumed"]
+                    self._count(meta)
+                yield batch
+            if generation == self._generation:
+                self._finished = True
+        finally:
+            if not self._dataloader_options["persistent_workers"]:
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+            del iterator
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the rest of the current epoch (the next one when it is done),
+        assuming no row is skipped."""
+        shares, progress = self._shares, self._progress
+        if self._finished:
+            shares = self._full_job(self._job.epoch + 1).shares(self._spec, self._workers)
+            progress = [0] * self._workers
+        size = self._spec.batch_size
+        left = [total(share) - done for share, done in zip(shares, progress, strict=True)]
+        return sum(n // size if self._spec.drop_last else -(-n // size) for n in left)
+
+    def _prepare(self) -> None:
+        """Choose the job of the iteration about to start and post it to the workers."""
+        if self._finished:
+            self._set_job(self._full_job(self._job.epoch + 1))
+        elif any(self._progress):
+            remaining = self._rank_remaining()
+            if total(remaining) >= (self._spec.batch_size if self._spec.drop_last else 1):
+                self._set_job(Job(self._job.epoch, tuple(remaining), split=False))
+            else:
+                self._set_job(self._full_job(self._job.epoch + 1))
+        if not self._board.fits(self._job):
+            self.close()
+            self._board = JobBoard(2 * len(self._job.remaining))
+        self._board.post(self._job)
+
+    def _get_dataloader(self) -> DataLoader[dict[str, Any]]:
+        if self._dataloader is None:
+            self._dataloader = DataLoader(BatchStream(self._spec, self._board), batch_size=None,
+                                          collate_fn=_identity, **self._dataloader_options)
+        return self._dataloader
+
+    def _count(self, meta: dict[str, Any]) -> None:
+        self._stats["rows"] += meta["rows"]
+        self._stats["images"] += meta["images"]
+        for reason, count in meta["skipped"].items():
+            self._stats[f"skipped.{reason}"] += count
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Rows and images delivered, and rows skipped (total and by reason), in this process."""
+        skipped = {k.split(".", 1)[1]: v for k, v in self._stats.items() if k.startswith("skipped.")}
+        return {"rows": self._stats["rows"], "images": self._stats["images"],
+                "skipped_rows": sum(skipped.values()), "skipped": skipped}
+
+    @property
+    def epoch(self) -> int:
+        return self._job.epoch
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    def _full_job(self, epoch: int) -> Job:
+        return Job(epoch, ((0, int(self._spec.schedule.epoch_length)),), split=True)
+
+    def _set_job(self, job: Job) -> None:
+        self._job = job
+        self._shares = job.shares(self._spec, self._workers)
+        self._progress = [0] * self._workers
+        self._finished = False
+
+    def _reset(self, state: State) -> None:
+        if state.remaining is not None and not state.remaining:
+            self._set_job(self._full_job(state.epoch + 1))
+        elif state.remaining is None:
+            self._set_job(self._full_job(state.epoch))
+        else:
+            self._set_job(Job(state.epoch, state.remaining, split=state.complete))
+
+    def _rank_remaining(self) -> list[Interval]:
+        return union([iv for share, done in zip(self._shares, self._progress, strict=True)
+                      for iv in cut(share, done, total(share))])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank stands. With torch.distributed initialised, every rank must call it (it gathers)
+        and gets the merged state of all ranks; without it, each rank gets its own, to be combined with
+        `hubsets.loader.merge_states` before resuming with a different world size."""
+        spec = self._spec
+        remaining = () if self._finished else tuple(self._rank_remaining())
+        state = State(spec.fingerprint, self._job.epoch, remaining, spec.world_size, (spec.rank,)).to_dict()
+        if spec.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * spec.world_size
+            torch.distributed.all_gather_object(states, state)
+            return merge_states(states)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from a state: a complete one (one rank, merged, or gathered) with any world size and
+        worker count, or this rank's own with the same world size."""
+        state = State.from_dict(state_dict)
+        spec = self._spec
+        if state.fingerprint != spec.fingerprint:
+            raise ValueError("this state was saved for different data, weights, seed or shuffle settings "
+                             f"(fingerprint {state.fingerprint}, this loader {spec.fingerprint})")
+        if not state.complete and (state.world_size != spec.world_size or state.ranks != (spec.rank,)):
+            raise ValueError(f"this state holds only ranks {list(state.ranks)} of {state.world_size}; combine "
+                             "every rank's state with hubsets.loader.merge_states([...]) and load that")
+        self._reset(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning at the next iteration (its order differs from other epochs)."""
+        self._set_job(self._full_job(epoch))
+
+    def close(self) -> None:
+        """Stop persistent workers now (they also stop when the loader is garbage collected)."""
+        if self._dataloader is not None:
+            iterator = getattr(self._dataloader, "_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._dataloader = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,221 @@
+"""What runs in a DataLoader worker (or in-process with num_workers=0): this worker's batches of a job.
+
+Each worker computes its own share of the current job (see plan.py), reads the windows it covers, and
+yields whole batches tagged with how far into its share they reach; the main process (dataset.py) turns
+those tags into the exact state. The job (epoch and remaining positions) reaches the workers through a
+small shared-memory tensor read at the start of every iteration, which is what lets persistent workers
+follow new epochs and resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from hubsets.loader import gpu
+from hubsets.loader.collate import Block, RateLimitedLog, build_block, concat, to_batch
+from hubsets.loader.decode import DecodeOptions
+from hubsets.loader.plan import Interval, Schedule, rank_share, worker_share
+from hubsets.loader.reader import Reader, UnitData
+from hubsets.loader.source import Source
+
+META_KEY = "_hubsets"
+"""Per-batch bookkeeping (worker, progress, counts), popped by the main process before the user sees it."""
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+Batches = Generator[dict[str, Any], None, None]
+
+
+@dataclass(frozen=True, eq=False)
+class StreamSpec:
+    """Everything a worker needs; pickled once per worker."""
+
+    sources: tuple[Source, ...]
+    schedule: Schedule
+    columns: tuple[str, ...]
+    decode: DecodeOptions
+    batch_size: int
+    seed: int
+    shuffle: bool
+    window_bytes: int
+    drop_last: bool
+    rank: int
+    world_size: int
+    gpu: bool
+    transform: Transform | None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What a state depends on: the data, the weights, the seed and the shuffle settings (not the batch
+        size, workers or ranks, which a resume may change)."""
+        parts = [s.fingerprint for s in self.sources]
+        parts += [",".join(map(str, self.schedule.quotas.tolist())), str(self.schedule.epoch_length),
+                  str(self.seed), str(self.shuffle), str(self.window_bytes)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One iteration's work: positions of `epoch` still to deliver. `split`: they are every rank's, and
+    this rank takes its share; otherwise they are already this rank's own."""
+
+    epoch: int
+    remaining: tuple[Interval, ...]
+    split: bool
+
+    def shares(self, spec: StreamSpec, workers: int) -> list[list[Interval]]:
+        mine = (rank_share(self.remaining, spec.world_size, spec.rank, spec.drop_last) if self.split
+                else list(self.remaining))
+        return [worker_share(mine, workers, w, spec.batch_size, spec.drop_last) for w in range(workers)]
+
+
+class JobBoard:
+    """The current job in a shared-memory int64 tensor: [epoch, split, n, a0, b0, a1, b1, ...]."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffer = torch.zeros(3 + 2 * capacity, dtype=torch.int64).share_memory_()
+
+    def fits(self, job: Job) -> bool:
+        return len(job.remaining) <= self.capacity
+
+    def post(self, job: Job) -> None:
+        flat = [job.epoch, int(job.split), len(job.remaining)] + [v for iv in job.remaining for v in iv]
+        self.buffer[:len(flat)] = torch.tensor(flat, dtype=torch.int64)
+
+    def read(self) -> Job:
+        epoch, split, count = self.buffer[:3].tolist()
+        values = self.buffer[3:3 + 2 * count].tolist()
+        return Job(epoch, tuple(zip(values[::2], values[1::2], strict=True)), bool(split))
+
+
+class BatchStream(IterableDataset[dict[str, Any]]):
+    """Yields this worker's batches of the posted job."""
+
+    def __init__(self, spec: StreamSpec, board: JobBoard) -> None:
+        self.spec = spec
+        self.board = board
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        job = self.board.read()
+        batches = _produce(self.spec, worker, job.epoch, job.shares(self.spec, workers)[worker])
+        return batches if info is not None else _single_threaded(batches)
+
+
+warn = RateLimitedLog()
+"""This process's rate-limited log of skipped rows."""
+
+
+def _single_threaded(batches: Batches) -> Batches:
+    """Produce in-process batches with one torch thread (workers already have one). Splitting one image's
+    resize over OpenMP threads gains nothing, and on a busy machine their spin-waits made decoding up to
+    4x slower. The caller's thread count is restored around every batch handed out."""
+    try:
+        while True:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                batch = next(batches, None)
+            finally:
+                torch.set_num_threads(threads)
+            if batch is None:
+                return
+            yield batch
+    finally:
+        batches.close()
+
+
+def _produce(spec: StreamSpec, worker: int, epoch: int, share: Sequence[Interval]) -> Batches:
+    readers = [Reader(s, spec.columns, spec.seed, spec.shuffle, spec.window_bytes) for s in spec.sources]
+    if share:
+        last = spec.schedule.draws_before(epoch * spec.schedule.epoch_length + share[-1][1])
+        for reader, draws in zip(readers, last.tolist(), strict=True):
+            reader.horizon = draws - 1
+    cursor = _Cursor(share)
+    consumed = 0
+    blocks: list[Block] = []
+    pending: list[gpu.Pending] = []
+    rows = 0
+    try:
+        while True:
+            positions = cursor.take(spec.batch_size - rows)
+            if len(positions) == 0:
+                break
+            consumed += len(positions)
+            deferrer = gpu.Deferrer(spec.decode) if spec.gpu else None
+            block = build_block(_rows(spec, readers, epoch, positions), spec.columns, spec.decode, warn, deferrer)
+            if deferrer is not None:
+                for p in deferrer.take(block.kept if block.kept is not None else list(range(len(positions)))):
+                    p.row += rows
+                    pending.append(p)
+            blocks.append(block)
+            rows += len(block)
+            if rows == spec.batch_size:
+                yield _emit(spec, worker, consumed, blocks, pending)
+                blocks, pending, rows = [], [], 0
+        if rows and not spec.drop_last:
+            yield _emit(spec, worker, consumed, blocks, pending)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _emit(spec: StreamSpec, worker: int, consumed: int, blocks: list[Block], pending: list[gpu.Pending]
+          ) -> dict[str, Any]:
+    block = concat(blocks)
+    batch = to_batch(block)
+    meta = {"worker": worker, "consumed": consumed, "rows": len(block), "skipped": dict(block.skipped),
+            "images": sum(block.num_images)}
+    if spec.gpu:
+        batch[gpu.PENDING_KEY] = pending
+    elif spec.transform is not None:
+        batch = spec.transform(batch)
+    batch[META_KEY] = meta
+    return batch
+
+
+def _rows(spec: StreamSpec, readers: list[Reader], epoch: int, positions: np.ndarray
+          ) -> list[tuple[UnitData, int]]:
+    """The (row group, row) behind each position of `epoch`, in order."""
+    sources, draws = spec.schedule.resolve(positions + epoch * spec.schedule.epoch_length)
+    out: list[Any] = [None] * len(positions)
+    for source in np.unique(sources).tolist():
+        where = np.flatnonzero(sources == source)
+        source_epochs, indices = np.divmod(draws[where], spec.schedule.sizes[source])
+        for source_epoch in np.unique(source_epochs).tolist():
+            mask = source_epochs == source_epoch
+            found = readers[source].rows(source_epoch, indices[mask])
+            for slot, row in zip(where[mask].tolist(), found, strict=True):
+                out[slot] = row
+    return out
+
+
+class _Cursor:
+    """Hands out the positions of a list of intervals, in order, a few at a time."""
+
+    def __init__(self, intervals: Sequence[Interval]) -> None:
+        self._intervals = list(intervals)
+        self._index = 0
+        self._next = self._intervals[0][0] if self._intervals else 0
+
+    def take(self, count: int) -> np.ndarray:
+        parts = []
+        while count > 0 and self._index < len(self._intervals):
+            stop = self._intervals[self._index][1]
+            end = min(stop, self._next + count)
+            parts.append(np.arange(self._next, end, dtype=np.int64))
+            count -= end - self._next
+            self._next = end
+            if end == stop:
+                self._index += 1
+                if self._index < len(self._intervals):
+                    self._next = self._intervals[self._index][0]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)

@@ -1,0 +1,127 @@
+"""The Ray runner against a local Ray instance started here: output identical to the local runner's.
+
+Skipped when Ray is not installed (`pip install 'hubsets[ray]'`; the `dev` extra includes it), except the
+check that a missing Ray is a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from hubsets import samples
+from hubsets.build import build
+from hubsets.builder import BuildError, Options, Task
+from hubsets.ray_runner import run_tasks
+from hubsets.stage import Staging
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray instance (2 CPUs, no dashboard) for the module; yields its address."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'hubsets[ray]' to test --runner ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-src")
+    samples.make_skvqa(root, images=30, qa_per_image=3, files=5, size=(120, 90))
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(source, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ray-local") / "out"
+    build("skvqa", Options(source=source), out, progress=False)
+    return snapshot(out)
+
+
+def snapshot(out: Path) -> dict:
+    """Manifest (minus provenance), card, rejects and the sha256 of every file under data/."""
+    manifest = json.loads((out / "hubsets.json").read_text())
+    manifest.pop("provenance")
+    shards = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted((out / "data").rglob("*.parquet"))}
+    return {"manifest": manifest, "card": (out / "README.md").read_text(),
+            "rejects": (out / "rejects" / "rejects.jsonl").read_text(), "shards": shards}
+
+
+def test_ray_build_is_identical_to_local(cluster, source, local, tmp_path):
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=source), out, runner="ray", progress=False)
+    assert manifest["provenance"]["tasks"] == {"tasks": 5, "run": 5, "reused": 0}
+    assert local["shards"] and snapshot(out) == local
+    again = build("skvqa", Options(source=source), out, runner="ray", progress=False)
+    assert again["provenance"]["tasks"]["run"] == 0 and snapshot(out) == local
+
+
+def test_cli_runner_ray_with_address(cluster, source, local, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "hubsets.cli", "build", "skvqa", "--source", str(source), "--out",
+                        str(out), "--runner", "ray", "--address", cluster], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "built skvqa" in r.stdout
+    assert snapshot(out) == local
+
+
+def test_a_failing_task_raises_its_own_error_naming_the_file(cluster, source, tmp_path):
+    staging = Staging(tmp_path / "out")
+    staging.root.mkdir(parents=True)
+    files = sorted(p.relative_to(source).as_posix() for p in (source / "data").glob("*.parquet"))
+    good, other, missing = Task(files[0]), Task(files[1]), Task("data/missing.jsonl")
+    done: list[str] = []
+
+    def run(name: str, todo: list[tuple[Task, str]], src: Path = source, limit: int | None = None) -> None:
+        run_tasks(name, todo, Options(source=src), staging, None, lambda: done.append("x"), max_in_flight=limit)
+
+    with pytest.raises(FileNotFoundError) as exc:  # the original type, one line, naming the task's file
+        run("skvqa", [(good, "good"), (missing, "missing"), (other, "other")], limit=2)
+    assert "data/missing.jsonl" in str(exc.value) and "\n" not in str(exc.value)
+    assert staging.done("good") and not staging.done("missing")  # a task already running still finishes
+    with pytest.raises(FileNotFoundError):
+        run("skvqa", [(missing, "missing"), (other, "never")], limit=1)
+    assert not staging.done("never")  # nothing new starts after a failure
+    with pytest.raises(KeyError) as key_error:  # a KALE task with none of its planned options
+        run("kale", [(Task("data_core_set/shard_000.parquet", part=1, parts=3), "kale")])
+    assert "data_core_set/shard_000.parquet (part 2/3)" in str(key_error.value)
+    with pytest.raises(BuildError) as unseen:
+        run("skvqa", [(good, "elsewhere")], src=tmp_path / "not-shared")
+    assert "is not visible on Ray node" in str(unseen.value) and "--source" in str(unseen.value)
+    assert not any(".tmp-" in p.name for p in staging.root.iterdir())
+
+
+def test_a_stopped_build_starts_nothing(cluster, source, tmp_path):
+    staging = Staging(tmp_path / "out")
+    staging.root.mkdir(parents=True)
+    stop = threading.Event()
+    stop.set()
+    run_tasks("skvqa", [(Task("data/x.parquet"), "k")], Options(source=source), staging, None, lambda: None,
+              stop=stop)
+    assert not staging.done("k")
+
+
+def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(BuildError, match=r"pip install 'hubsets\[ray\]'"):
+        run_tasks("skvqa", [], Options(source=tmp_path), Staging(tmp_path), None, lambda: None)
+
+
+def test_an_unreachable_address_fails_fast():
+    from hubsets.ray_runner import _check_reachable
+
+    with pytest.raises(BuildError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1", timeout=5)
+    _check_reachable(None)
+    _check_reachable("auto")
