@@ -129,9 +129,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from hubsets import registry
     from hubsets.demo import run
 
-    return run(Path(args.out))
+    if args.dataset not in registry.names():
+        raise UsageError(f"unknown dataset {args.dataset!r}; known: {', '.join(registry.names())}")
+    return run(Path(args.out), args.dataset)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -182,7 +185,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--private", action="store_true", help="create the repo private (only when it is created)")
     s.add_argument("-m", "--message", help="commit message")
     s.set_defaults(func=cmd_push)
-    s = sub.add_parser("demo", help="build the SK-VQA sample, serve it, push it and load it back with datasets")
+    s = sub.add_parser("demo", help="build a dataset's sample, serve it, push it and load it back with datasets")
+    s.add_argument("--dataset", default="skvqa", help="which dataset's generated sample (default skvqa)")
     s.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
     s.set_defaults(func=cmd_demo)
     return p
