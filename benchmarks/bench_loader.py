@@ -194,7 +194,7 @@ def _paired(ours: list[float], theirs: list[float]) -> float:
 
 def bench_workers(work: Path, quick: bool, repeats: int) -> list[Row]:
     """Wall-clock scaling needs two free cores, which a shared machine may not have; the CPU time each
-    image costs in a worker against in-process shows whether the workers themselves add overhead."""
+    image costs in a (persistent) worker against in-process shows whether the workers add overhead."""
     import hubsets
 
     os.sched_setaffinity(0, range(os.cpu_count() or 1))
@@ -208,8 +208,8 @@ def bench_workers(work: Path, quick: bool, repeats: int) -> list[Row]:
     for _ in range(repeats):
         a.append(hubsets_pass(zero))
         b.append(hubsets_pass(two))
+    cpu_zero, cpu_two = _cpu_per_image(zero), _cpu_per_image(two)
     two.close()
-    cpu_zero, cpu_two = _cpu_per_image(zero), _cpu_per_image(hubsets.loader(repo, num_workers=2, **options))
     return [("(3) num_workers 2 vs 0, 891x770", "2 workers img/s", statistics.median(b), "0 workers img/s",
              statistics.median(a), _paired(b, a), ">= 1.8x"),
             ("(3) CPU per image, 2 workers vs in-process", "workers ms", cpu_two, "in-process ms", cpu_zero,
@@ -217,12 +217,15 @@ def bench_workers(work: Path, quick: bool, repeats: int) -> list[Row]:
 
 
 def _cpu_per_image(loader: Any) -> float:
-    """CPU milliseconds per image over one pass, this process and its (exiting) workers together."""
-    import resource
+    """CPU milliseconds per image over one pass: this process plus its live (persistent) workers."""
+    import multiprocessing
 
     def used() -> float:
-        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        ticks = 0
+        for child in multiprocessing.active_children():
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
 
     start = used()
     images = sum(int(batch["num_images"].sum()) for batch in loader)

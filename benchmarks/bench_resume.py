@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -40,12 +41,19 @@ print(time.perf_counter() - t, m["provenance"]["tasks"]["run"], m["provenance"][
 """
 
 
-def build(src: Path, out: Path, workers: int) -> tuple[float, int, int]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def build(src: Path, out: Path, workers: int, cpu: list[float] | None = None) -> tuple[float, int, int]:
     """(wall seconds, tasks run, tasks reused) of one build in a fresh process (start-up and imports included,
-    as a user waits for them)."""
-    t = time.perf_counter()
+    as a user waits for them); appends its CPU seconds (worker processes included) to `cpu`."""
+    t, c = time.perf_counter(), children_cpu()
     r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers)], capture_output=True,
                        text=True, check=True)
+    if cpu is not None:
+        cpu.append(children_cpu() - c)
     _, run, reused = r.stdout.split()
     return time.perf_counter() - t, int(run), int(reused)
 
@@ -96,15 +104,17 @@ def main() -> None:
                                   files=args.files)
         mb = sum(f.stat().st_size for f in src.rglob("*.parquet")) / 1e6
         results: dict[str, list[float]] = {"w1": [], "wn": [], "killed_total": [], "killed_at": [], "resume": [],
-                                           "noop": [], "staged_at_kill": [], "redone": []}
+                                           "noop": [], "staged_at_kill": [], "redone": [], "cpu_w1": [],
+                                           "cpu_wn": [], "cpu_noop": []}
+        load = os.getloadavg()[0]
         reference = None
         for repeat in range(args.repeats):
             for key, workers in (("w1", 1), ("wn", args.workers)):
                 out = Path(tmp) / f"out-{key}-{repeat}"
-                results[key].append(build(src, out, workers)[0])
+                results[key].append(build(src, out, workers, results[f"cpu_{key}"])[0])
                 if key == "wn":
                     reference = reference or snapshot(out)
-                    noop, run, _ = build(src, out, args.workers)
+                    noop, run, _ = build(src, out, args.workers, results["cpu_noop"])
                     results["noop"].append(noop)
                     assert run == 0, "a rerun redid tasks"
                 shutil.rmtree(out)
@@ -120,10 +130,12 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\nSK-VQA-shaped input: {rows:,} rows, {args.images:,} {args.size} images, {mb:.0f} MB parquet, "
-          f"{args.files} files = tasks; {os.cpu_count()} CPUs; medians of {args.repeats}")
-    print(f"{'build':<44} {'seconds':>8} {'rows/s':>8}")
-    print(f"{'workers 1, uninterrupted':<44} {med['w1']:8.2f} {rows / med['w1']:8,.0f}")
-    print(f"{f'workers {args.workers}, uninterrupted':<44} {med['wn']:8.2f} {rows / med['wn']:8,.0f}")
+          f"{args.files} files = tasks; {os.cpu_count()} CPUs, load average {load:.1f} -> {os.getloadavg()[0]:.1f}; "
+          f"medians of {args.repeats}")
+    print(f"{'build':<44} {'seconds':>8} {'rows/s':>8} {'CPU s':>7}")
+    print(f"{'workers 1, uninterrupted':<44} {med['w1']:8.2f} {rows / med['w1']:8,.0f} {med['cpu_w1']:7.1f}")
+    print(f"{f'workers {args.workers}, uninterrupted':<44} {med['wn']:8.2f} {rows / med['wn']:8,.0f} "
+          f"{med['cpu_wn']:7.1f}")
     print(f"{'  parallel speed-up':<44} {med['w1'] / med['wn']:8.2f}x")
     print(f"{f'workers {args.workers}, SIGKILL after half the tasks':<44} {med['killed_at']:8.2f}   "
           f"({med['staged_at_kill']:.0f} of {args.files} tasks staged)")
@@ -132,7 +144,7 @@ def main() -> None:
     print(f"{'  killed + resumed, total':<44} {med['killed_total']:8.2f}")
     print(f"{'  resume overhead vs uninterrupted':<44} {med['killed_total'] - med['wn']:+8.2f}   "
           f"({100 * (med['killed_total'] / med['wn'] - 1):+.0f}%, includes a second process start)")
-    print(f"{'no-op rerun (all tasks reused, merge only)':<44} {med['noop']:8.2f}   "
+    print(f"{'no-op rerun (all tasks reused, merge only)':<44} {med['noop']:8.2f} {'':>8} {med['cpu_noop']:7.1f}   "
           f"({100 * med['noop'] / med['wn']:.0f}% of a full build)")
     print("the resumed output was byte-identical to the uninterrupted build in every repeat")
 

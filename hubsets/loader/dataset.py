@@ -7,6 +7,7 @@ point; the remaining positions of the epoch are all a state holds (see plan.py).
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,13 @@ from hubsets.loader.stream import META_KEY, BatchStream, Job, JobBoard, StreamSp
 def _identity(batch: Any) -> Any:
     """The DataLoader's per-item hook: batches are already collated in the workers."""
     return batch
+
+
+def _freeze_inherited_objects(worker_id: int) -> None:
+    """Worker start: exclude the objects inherited from the parent from the worker's garbage collector.
+    Its full collections would otherwise walk (and, by writing their GC headers, copy-on-write) the
+    parent's whole heap of torch and pyarrow objects; this halved the CPU a worker spends per epoch."""
+    gc.freeze()
 
 
 class Loader:
@@ -114,7 +122,8 @@ class Loader:
     def _get_dataloader(self) -> DataLoader[dict[str, Any]]:
         if self._dataloader is None:
             self._dataloader = DataLoader(BatchStream(self._spec, self._board), batch_size=None,
-                                          collate_fn=_identity, **self._dataloader_options)
+                                          collate_fn=_identity, worker_init_fn=_freeze_inherited_objects,
+                                          **self._dataloader_options)
         return self._dataloader
 
     def _count(self, meta: dict[str, Any]) -> None:
