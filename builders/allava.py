@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import archives, sources
-from hubsets.builder import BuildError, Config, Item, Options, Partition, Reject, Row, Task
+from hubsets.builder import BuildError, Config, Item, Options, Partition, Reject, Row, RowError, Task, json_array_tasks
 from hubsets.llava import ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
 
@@ -197,26 +197,11 @@ def plan(options: Options) -> list[Task]:
                          "folder it extracts to); or leave VFLAN out with --set subsets=laion,text")
     tasks = []
     for subset in subsets:
-        path = options.source / subset.file
-        try:
-            slices = sources.json_array_slices(path, subset.file, _rows_per_task(options, subset))
-        except sources.SourceError as exc:
-            tasks.append(Task(subset.file, options={"error": [exc.reason, exc.detail]}))
-            continue
-        tasks += [Task(subset.file, part=k, parts=len(slices),
-                       options={"offset": s.offset, "first_row": s.first_row, "rows": s.rows})
-                  for k, s in enumerate(slices)]
+        tasks += json_array_tasks(options.source, subset.file, _rows_per_task(options, subset))
     return tasks
 
 
 # --- image resolvers -----------------------------------------------------------------------------------------
-
-class _RowError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
 
 def _read_file(base: Path, rel: str) -> bytes | None:
     """Bytes of `base/rel`, or None when there is no such file."""
@@ -225,7 +210,7 @@ def _read_file(base: Path, rel: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except (ValueError, OSError) as exc:
-        raise _RowError("image_unreadable", str(exc)) from None
+        raise RowError("image_unreadable", str(exc)) from None
 
 
 def _from_archive(index: archives.ArchiveIndex, key: str) -> bytes | None:
@@ -234,7 +219,7 @@ def _from_archive(index: archives.ArchiveIndex, key: str) -> bytes | None:
     except KeyError:
         return None
     except archives.ArchiveError as exc:
-        raise _RowError(exc.reason, exc.detail) from None
+        raise RowError(exc.reason, exc.detail) from None
 
 
 class LaionImages:
@@ -252,7 +237,7 @@ class LaionImages:
         """(bytes, where they were found) for a row's `image` value."""
         name = _basename(image)
         if name in ("", ".", ".."):
-            raise _RowError("image_missing", f"image {image!r} names no file")
+            raise RowError("image_missing", f"image {image!r} names no file")
         stem = name.rsplit(".", 1)[0] if "." in name else name
         candidates = [name] + [f"{stem}.{ext}" for ext in IMAGE_EXTENSIONS if f"{stem}.{ext}" != name]
         for candidate in candidates:
@@ -266,7 +251,7 @@ class LaionImages:
                     return data, f"{LAION_ZIPS}/{self.index.where(candidate)}"
         where = " or ".join(w for w, ok in ((f"{LAION_FOLDER}/", self.folder), (f"{LAION_ZIPS}/*.zip", self.index))
                             if ok is not None)
-        raise _RowError("image_missing", f"{name} is not in {where}")
+        raise RowError("image_missing", f"{name} is not in {where}")
 
 
 class VflanImages:
@@ -286,10 +271,10 @@ class VflanImages:
         rel = rel[len(VFLAN_PREFIX):] if rel.startswith(VFLAN_PREFIX) else rel
         problem = archives.unsafe_name(rel)
         if problem is not None:
-            raise _RowError("unsafe_path", f"image path {problem}")
+            raise RowError("unsafe_path", f"image path {problem}")
         rel = archives.member_key(rel, junk_paths=False)
         if not rel:
-            raise _RowError("image_missing", f"image {image!r} names no file")
+            raise RowError("image_missing", f"image {image!r} names no file")
         first, _, rest = rel.partition("/")
         if self.index is not None:
             for key in (rel, rest):  # a zip without the images_191task_1k/ top folder also works
@@ -304,7 +289,7 @@ class VflanImages:
             data = _read_file(base, rel)
             if data is not None:
                 return data, rel
-        raise _RowError("image_missing", f"{rel} is not in {self.root}")
+        raise RowError("image_missing", f"{rel} is not in {self.root}")
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -345,11 +330,11 @@ def _upstream_id(value: Mapping[str, Any], subset: Subset) -> tuple[str, str]:
         if key in value:
             raw = value[key]
             if not isinstance(raw, str):
-                raise _RowError("wrong_type", f"{key} must be a string, got {type(raw).__name__}")
+                raise RowError("wrong_type", f"{key} must be a string, got {type(raw).__name__}")
             if not raw or re.search(r"\s", raw):
-                raise _RowError("bad_id", f"{key} {raw[:60]!r} is empty or contains whitespace")
+                raise RowError("bad_id", f"{key} {raw[:60]!r} is empty or contains whitespace")
             return key, raw
-    raise _RowError("missing_id", f"row has no {keys[0]!r}")
+    raise RowError("missing_id", f"row has no {keys[0]!r}")
 
 
 def _read_row(subset: Subset, file: str, row: int, value: Any,
@@ -363,7 +348,7 @@ def _read_row(subset: Subset, file: str, row: int, value: Any,
     try:
         id_key, upstream_id = _upstream_id(value, subset)
         if "conversations" not in value:
-            raise _RowError("missing_conversations", "row has no 'conversations'")
+            raise RowError("missing_conversations", "row has no 'conversations'")
         has_image = resolver is not None
         converted = conversations_to_messages(value["conversations"], images=has_image)
         images: list[dict[str, Any]] = []
@@ -371,18 +356,18 @@ def _read_row(subset: Subset, file: str, row: int, value: Any,
         if resolver is not None:
             image = value.get("image")
             if image is None:
-                raise _RowError("image_missing", "row has no image" if "image" not in value else "image is null")
+                raise RowError("image_missing", "row has no image" if "image" not in value else "image is null")
             if not isinstance(image, str):
-                raise _RowError("wrong_type", f"image must be a string path, got {type(image).__name__}")
+                raise RowError("wrong_type", f"image must be a string path, got {type(image).__name__}")
             if converted.image_parts != 1:
-                raise _RowError("image_token_mismatch", f"conversations hold {converted.image_parts} {'<image>'} "
+                raise RowError("image_token_mismatch", f"conversations hold {converted.image_parts} {'<image>'} "
                                 "tokens for 1 image")
             data, found = resolver.get(image)
             images = [{"bytes": data, "path": _basename(image)}]
             image_meta = {"image": image, "image_file": found}
     except ConversationError as exc:
         return Reject(file, row, upstream_id, origin, exc.reason, exc.detail)
-    except _RowError as exc:
+    except RowError as exc:
         return Reject(file, row, upstream_id, origin, exc.reason, exc.detail)
     key = upstream_id
     if subset.id_prefix and key.startswith(subset.id_prefix) and len(key) > len(subset.id_prefix):

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hubsets import sources
-from hubsets.builder import Config, Item, Options, Partition, Reject, Row, Task
+from hubsets.builder import Config, Item, Options, Partition, Reject, Row, RowError, Task
 from hubsets.filters import Filter, contains_tokens, normalize_text
 from hubsets.schema import Record, empty_record
 
@@ -189,25 +189,18 @@ class _ImageState:
         self.data: bytes | None = None
 
 
-class _RowError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 def _text(value: Any, field: str, *, allow_list: bool = False) -> list[str]:
     """Non-empty strings of a field (a list only where candidates are allowed)."""
     if value is None:
-        raise _RowError(f"empty_{field}", f"{field} is null")
+        raise RowError(f"empty_{field}", f"{field} is null")
     values = value if allow_list and isinstance(value, list) else [value]
     if not all(isinstance(v, str) for v in values):
         kinds = sorted({type(v).__name__ for v in values})
-        raise _RowError("wrong_type", f"{field} must be a string{' or list of strings' if allow_list else ''}, "
+        raise RowError("wrong_type", f"{field} must be a string{' or list of strings' if allow_list else ''}, "
                                       f"got {'/'.join(kinds)}")
     kept = [v for v in values if v.strip()]
     if not kept:
-        raise _RowError(f"empty_{field}", f"{field} is empty")
+        raise RowError(f"empty_{field}", f"{field} is empty")
     return kept
 
 
@@ -218,23 +211,23 @@ def _image_bytes(value: Any, base: Path) -> bytes:
             return _image_bytes(data, base)
         if value.get("path"):
             return _image_bytes(value["path"], base)
-        raise _RowError("image_missing", "image struct has neither bytes nor path")
+        raise RowError("image_missing", "image struct has neither bytes nor path")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
         if not value.strip():
-            raise _RowError("image_missing", "image path is empty")
+            raise RowError("image_missing", "image path is empty")
         if re.match(r"^[a-z][a-z0-9+.-]*://", value, re.IGNORECASE):
-            raise _RowError("image_is_url", f"image is a URL ({value[:80]}); SK-VQA images must be local")
+            raise RowError("image_is_url", f"image is a URL ({value[:80]}); SK-VQA images must be local")
         try:
             return sources.read_local_image(base, value)
         except FileNotFoundError:
-            raise _RowError("image_missing", f"image file {value!r} not found") from None
+            raise RowError("image_missing", f"image file {value!r} not found") from None
         except (ValueError, OSError) as exc:
-            raise _RowError("image_unreadable", str(exc)) from None
+            raise RowError("image_unreadable", str(exc)) from None
     if value is None:
-        raise _RowError("image_missing", "image is null")
-    raise _RowError("wrong_type", f"image must be bytes, a path or an {{bytes, path}} struct, got "
+        raise RowError("image_missing", "image is null")
+    raise RowError("wrong_type", f"image must be bytes, a path or an {{bytes, path}} struct, got "
                                   f"{type(value).__name__}")
 
 
@@ -243,20 +236,20 @@ def _qa_pairs(row: Mapping[str, Any], mapping: dict[str, tuple[str, ...]]) -> li
     qa_key, qa = _pick(row, mapping["qa"])
     if qa_key is not None:
         if not isinstance(qa, list):
-            raise _RowError("wrong_type", f"{qa_key} must be a list of {{question, answer}}, got {type(qa).__name__}")
+            raise RowError("wrong_type", f"{qa_key} must be a list of {{question, answer}}, got {type(qa).__name__}")
         pairs = []
         for i, item in enumerate(qa):
             if not isinstance(item, dict):
-                raise _RowError("wrong_type", f"{qa_key}[{i}] must be an object, got {type(item).__name__}")
+                raise RowError("wrong_type", f"{qa_key}[{i}] must be an object, got {type(item).__name__}")
             pairs.append((item.get("question"), item.get("answer", item.get("answers"))))
         return pairs
     q_key, questions = _pick(row, mapping["questions"])
     if q_key is not None:
         a_key, answers = _pick(row, mapping["answers"])
         if not isinstance(questions, list) or not isinstance(answers, list):
-            raise _RowError("wrong_type", f"{q_key} and {a_key or 'answers'} must be parallel lists")
+            raise RowError("wrong_type", f"{q_key} and {a_key or 'answers'} must be parallel lists")
         if len(questions) != len(answers):
-            raise _RowError("length_mismatch", f"{len(questions)} questions but {len(answers)} answers")
+            raise RowError("length_mismatch", f"{len(questions)} questions but {len(answers)} answers")
         return list(zip(questions, answers, strict=True))
     question_key, question = _pick(row, mapping["question"])
     if question_key is not None:
@@ -283,10 +276,10 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
     try:
         pairs = _qa_pairs(value, mapping)
         if pairs is None:
-            raise _RowError("unknown_shape", f"row has columns {sorted(value)}; expected per-QA rows (image, context, "
+            raise RowError("unknown_shape", f"row has columns {sorted(value)}; expected per-QA rows (image, context, "
                             "question, answer) or per-image rows (image, context, qa | questions+answers); "
                             "map columns with --column NAME=UPSTREAM")
-    except _RowError as exc:
+    except RowError as exc:
         yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail)
         return
     if not pairs:
@@ -295,18 +288,18 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
     try:
         context_key, context = _pick(value, mapping["context"])
         if context_key is None:
-            raise _RowError("empty_context", "row has no context column")
+            raise RowError("empty_context", "row has no context column")
         context = _text(context, "context")[0]
         image_key_name, image_value = _pick(value, mapping["image"])
         if image_key_name is None:
-            raise _RowError("image_missing", "row has no image column")
+            raise RowError("image_missing", "row has no image column")
         data = state.data if image_value is state.ref and state.data is not None else _image_bytes(image_value, base)
         state.ref, state.data = image_value, data
         _, split_value = _pick(value, mapping["split"])
         split = str(split_value) if split_value else default_split
         if not re.fullmatch(r"\w+(\.\w+)*", split):
-            raise _RowError("bad_split", f"split {split!r} is not a legal split name")
-    except _RowError as exc:
+            raise RowError("bad_split", f"split {split!r} is not a legal split name")
+    except RowError as exc:
         yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail, count=len(pairs))
         return
     image_key = upstream_id or hashlib.sha256(data).hexdigest()[:16]
@@ -322,7 +315,7 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
         try:
             question_text = _text(question, "question")[0]
             answers = _text(answer, "answer", allow_list=True)
-        except _RowError as exc:
+        except RowError as exc:
             yield Reject(file, row_index, upstream_id, origin, exc.reason, f"qa[{qa_index}]: {exc.detail}")
             continue
         meta: dict[str, Any] = {"source_file": file, "source_row": row_index, "qa_index": qa_index,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import archives, sources
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Task, json_array_tasks
 from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
 
@@ -125,25 +125,11 @@ def plan(options: Options) -> list[Task]:
         path = options.source / file
         if not path.is_file():
             continue
-        try:
-            slices = sources.json_array_slices(path, file, rows)
-        except sources.SourceError as exc:
-            tasks.append(Task(file, options={"error": [exc.reason, exc.detail]}))
-            continue
-        tasks += [Task(file, part=k, parts=len(slices),
-                       options={"offset": s.offset, "first_row": s.first_row, "rows": s.rows})
-                  for k, s in enumerate(slices)]
+        tasks += json_array_tasks(options.source, file, rows)
     return tasks
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
-
-class _RowError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
 
 def read(task: Task, options: Options) -> Iterator[Item]:
     category = task.file.removesuffix(".json")
@@ -169,23 +155,23 @@ def read(task: Task, options: Options) -> Iterator[Item]:
 
 def _string(value: Mapping[str, Any], key: str) -> str:
     if key not in value:
-        raise _RowError("missing_id" if key == "id" else "missing_field", f"row has no {key!r}")
+        raise RowError("missing_id" if key == "id" else "missing_field", f"row has no {key!r}")
     text = value[key]
     if not isinstance(text, str):
-        raise _RowError("wrong_type", f"{key} must be a string, got {type(text).__name__}")
+        raise RowError("wrong_type", f"{key} must be a string, got {type(text).__name__}")
     return text
 
 
 def _read_image(root: Path, image: str) -> bytes:
     problem = archives.unsafe_name(image)
     if problem is not None:
-        raise _RowError("unsafe_path", f"image path {problem}")
+        raise RowError("unsafe_path", f"image path {problem}")
     try:
         return sources.read_local_image(root, image)
     except FileNotFoundError:
-        raise _RowError("image_missing", f"{image} is not in {root}") from None
+        raise RowError("image_missing", f"{image} is not in {root}") from None
     except (ValueError, OSError) as exc:
-        raise _RowError("image_unreadable", str(exc)) from None
+        raise RowError("image_unreadable", str(exc)) from None
 
 
 def _read_row(category: str, file: str, row: int, value: Any, root: Path | None) -> Item:
@@ -197,7 +183,7 @@ def _read_row(category: str, file: str, row: int, value: Any, root: Path | None)
     try:
         upstream_id = _string(value, "id")
         if not upstream_id or re.search(r"\s", upstream_id):
-            raise _RowError("bad_id", f"id {upstream_id[:60]!r} is empty or contains whitespace")
+            raise RowError("bad_id", f"id {upstream_id[:60]!r} is empty or contains whitespace")
         question, answer, prompt = (_string(value, k) for k in ("question", "answer", "prompt"))
         image = _string(value, "image") if "image" in value else f"{category}/{upstream_id}.jpg"
         conversations = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
@@ -206,10 +192,10 @@ def _read_row(category: str, file: str, row: int, value: Any, root: Path | None)
         images: list[dict[str, Any]] = []
         if root is not None:
             if converted.image_parts != 1:
-                raise _RowError("image_token_mismatch", f"question and answer hold {converted.image_parts} "
+                raise RowError("image_token_mismatch", f"question and answer hold {converted.image_parts} "
                                 f"{IMAGE_TOKEN} tokens for 1 image")
             images = [{"bytes": _read_image(root, image), "path": image.replace("\\", "/").rsplit("/", 1)[-1]}]
-    except (_RowError, ConversationError) as exc:
+    except (RowError, ConversationError) as exc:
         return Reject(file, row, upstream_id, category, exc.reason, exc.detail)
     meta: dict[str, Any] = {"source_file": file, "source_row": row, "upstream_id": upstream_id, "id_key": "id",
                             "category": category, "prompt": prompt, "image": image}

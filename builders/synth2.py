@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from hubsets import sources
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 
@@ -116,13 +116,6 @@ def settings(values: Mapping[str, str]) -> Settings:
 
 # --- embeddings ------------------------------------------------------------------------------------------
 
-class _RowError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass(frozen=True)
 class Embedding:
     dtype: str
@@ -151,7 +144,7 @@ def _finite(dtype: str, array: np.ndarray) -> int:
 
 def _check_shape(shape: tuple[int, ...]) -> None:
     if not shape or any(d < 1 for d in shape):
-        raise _RowError("bad_shape", f"shape {list(shape)} must have at least one dimension, none of them 0")
+        raise RowError("bad_shape", f"shape {list(shape)} must have at least one dimension, none of them 0")
 
 
 def _finish(dtype: str, array: np.ndarray, source: dict[str, Any]) -> Embedding:
@@ -159,7 +152,7 @@ def _finish(dtype: str, array: np.ndarray, source: dict[str, Any]) -> Embedding:
     _check_shape(shape)
     bad = _finite(dtype, array)
     if bad:
-        raise _RowError("non_finite", f"{bad} of {array.size} values are NaN or infinite")
+        raise RowError("non_finite", f"{bad} of {array.size} values are NaN or infinite")
     data = np.ascontiguousarray(array).astype(_LE[dtype], copy=False).tobytes()
     return Embedding(dtype, shape, data, source)
 
@@ -173,20 +166,20 @@ def _from_npy(path: Path, rel: str, max_bytes: int) -> Embedding:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except (ValueError, OSError, SyntaxError) as exc:
-            raise _RowError("bad_embedding", f"{rel}: not a .npy file ({exc})") from None
+            raise RowError("bad_embedding", f"{rel}: not a .npy file ({exc})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise _RowError("wrong_dtype", f"{rel}: dtype {dtype} is not numeric (object arrays are never unpickled)")
+        raise RowError("wrong_dtype", f"{rel}: dtype {dtype} is not numeric (object arrays are never unpickled)")
     name = _NUMPY_DTYPES.get((dtype.kind, dtype.itemsize))
     if name is None:
-        raise _RowError("wrong_dtype", f"{rel}: dtype {dtype.name} ({dtype.str}) is not one of {', '.join(DTYPES)} "
+        raise RowError("wrong_dtype", f"{rel}: dtype {dtype.name} ({dtype.str}) is not one of {', '.join(DTYPES)} "
                         "(.npy cannot hold bfloat16: use .safetensors)")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > max_bytes:
-        raise _RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
+        raise RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise _RowError("bad_embedding", f"{rel}: {exc}") from None
+        raise RowError("bad_embedding", f"{rel}: {exc}") from None
     return _finish(name, array, {"file": rel, "tensor": None, "stored_as": dtype.str})
 
 
@@ -205,17 +198,17 @@ class _SafetensorsHeaders:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise _RowError("bad_embedding", f"{rel}: too short for a .safetensors file")
+                raise RowError("bad_embedding", f"{rel}: too short for a .safetensors file")
             n = int.from_bytes(head, "little")
             if n > min(100 << 20, file_size - 8):
-                raise _RowError("bad_embedding", f"{rel}: header length {n:,} is impossible for a "
+                raise RowError("bad_embedding", f"{rel}: header length {n:,} is impossible for a "
                                 f"{file_size:,}-byte file")
             try:
                 header = json.loads(f.read(n))
             except (ValueError, UnicodeDecodeError) as exc:
-                raise _RowError("bad_embedding", f"{rel}: header is not JSON ({exc})") from None
+                raise RowError("bad_embedding", f"{rel}: header is not JSON ({exc})") from None
         if not isinstance(header, dict):
-            raise _RowError("bad_embedding", f"{rel}: header is not a JSON object")
+            raise RowError("bad_embedding", f"{rel}: header is not a JSON object")
         if len(self.cache) >= self.size:
             self.cache.pop(next(iter(self.cache)))
         self.cache[path] = (header, 8 + n, file_size)
@@ -231,25 +224,25 @@ def _from_safetensors(path: Path, rel: str, wanted: str | None, max_bytes: int,
     elif wanted in names:
         name = str(wanted)
     else:
-        raise _RowError("missing_tensor", f"{rel}: holds {len(names)} tensors ({', '.join(names[:5])}"
+        raise RowError("missing_tensor", f"{rel}: holds {len(names)} tensors ({', '.join(names[:5])}"
                         f"{', ...' if len(names) > 5 else ''}) and none is named {wanted!r}")
     info = header[name]
     if not isinstance(info, dict):
-        raise _RowError("bad_embedding", f"{rel}: tensor {name!r} has no description")
+        raise RowError("bad_embedding", f"{rel}: tensor {name!r} has no description")
     dtype = _SAFETENSORS_DTYPES.get(str(info.get("dtype")))
     if dtype is None:
-        raise _RowError("wrong_dtype", f"{rel}: tensor {name!r} is {info.get('dtype')}, not one of "
+        raise RowError("wrong_dtype", f"{rel}: tensor {name!r} is {info.get('dtype')}, not one of "
                         f"{', '.join(_SAFETENSORS_DTYPES)}")
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
             or not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)):
-        raise _RowError("bad_embedding", f"{rel}: tensor {name!r} has a malformed shape or data_offsets")
+        raise RowError("bad_embedding", f"{rel}: tensor {name!r} has a malformed shape or data_offsets")
     begin, end = offsets
     nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
     if nbytes > max_bytes:
-        raise _RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
+        raise RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
     if not 0 <= begin <= end or end - begin != nbytes or data_start + end > file_size:
-        raise _RowError("bad_embedding", f"{rel}: tensor {name!r} offsets {offsets} do not match shape {shape} "
+        raise RowError("bad_embedding", f"{rel}: tensor {name!r} offsets {offsets} do not match shape {shape} "
                         f"({nbytes:,} bytes) within the {file_size:,}-byte file")
     with open(path, "rb") as f:
         f.seek(data_start + begin)
@@ -260,32 +253,32 @@ def _from_safetensors(path: Path, rel: str, wanted: str | None, max_bytes: int,
 
 def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
     if not isinstance(value, list):
-        raise _RowError("wrong_type", f"embedding must be a (nested) list of numbers, got {type(value).__name__}")
+        raise RowError("wrong_type", f"embedding must be a (nested) list of numbers, got {type(value).__name__}")
     try:
         array = np.array(value)
     except ValueError as exc:
-        raise _RowError("bad_shape", f"embedding is not rectangular ({str(exc).splitlines()[0][:120]})") from None
+        raise RowError("bad_shape", f"embedding is not rectangular ({str(exc).splitlines()[0][:120]})") from None
     if array.dtype == object:
-        raise _RowError("bad_shape", "embedding is not rectangular")
+        raise RowError("bad_shape", "embedding is not rectangular")
     if array.size * _ITEMSIZE[dtype] > max_bytes:
-        raise _RowError("too_large", f"{array.size * _ITEMSIZE[dtype]:,} bytes exceeds the {max_bytes:,}-byte cap")
+        raise RowError("too_large", f"{array.size * _ITEMSIZE[dtype]:,} bytes exceeds the {max_bytes:,}-byte cap")
     if array.dtype.kind not in "iuf":
-        raise _RowError("wrong_type", f"embedding values must be numbers, got {array.dtype.kind!r} values "
+        raise RowError("wrong_type", f"embedding values must be numbers, got {array.dtype.kind!r} values "
                         f"({'booleans' if array.dtype.kind == 'b' else array.dtype.name})")
     source = {"file": None, "tensor": None, "stored_as": "json"}
     if dtype == "int32":
         if array.dtype.kind == "f":
             if _finite("float32", array):
-                raise _RowError("non_finite", "int32 tokens include NaN or infinite values")
+                raise RowError("non_finite", "int32 tokens include NaN or infinite values")
             if not np.all(np.floor(array) == array):
-                raise _RowError("wrong_dtype", "int32 tokens must be integers; found fractional values")
+                raise RowError("wrong_dtype", "int32 tokens must be integers; found fractional values")
         if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
-            raise _RowError("wrong_dtype", "values do not fit in int32")
+            raise RowError("wrong_dtype", "values do not fit in int32")
         return _finish(dtype, array.astype(np.int32), source)
     if dtype == "bfloat16":
         _check_shape(tuple(array.shape))
         if _finite("float32", array.astype(np.float64)):
-            raise _RowError("non_finite", f"{_finite('float32', array.astype(np.float64))} of {array.size} values "
+            raise RowError("non_finite", f"{_finite('float32', array.astype(np.float64))} of {array.size} values "
                             "are NaN or infinite")
         return _finish(dtype, bf16_from_float(array.astype(np.float32)), source)
     with np.errstate(over="ignore"):
@@ -295,52 +288,52 @@ def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
 
 def load_embedding(row: Mapping[str, Any], base: Path, s: Settings,
                    headers: _SafetensorsHeaders | None = None) -> Embedding:
-    """The row's embedding, checked; `_RowError` with a reject reason otherwise."""
+    """The row's embedding, checked; `RowError` with a reject reason otherwise."""
     file, inline = row.get("embedding_file"), row.get("embedding")
     if file is not None and inline is not None:
-        raise _RowError("ambiguous_embedding", "row has both embedding_file and embedding; keep one")
+        raise RowError("ambiguous_embedding", "row has both embedding_file and embedding; keep one")
     if inline is not None:
         return _from_inline(inline, s.dtype, s.max_bytes)
     if file is None:
-        raise _RowError("missing_embedding", "row has neither embedding_file nor embedding")
+        raise RowError("missing_embedding", "row has neither embedding_file nor embedding")
     if not isinstance(file, str) or not file.strip():
-        raise _RowError("wrong_type", f"embedding_file must be a relative path, got {file!r}")
+        raise RowError("wrong_type", f"embedding_file must be a relative path, got {file!r}")
     suffix = file.lower().rsplit(".", 1)[-1] if "." in file else ""
     if suffix not in ("npy", "safetensors"):
-        raise _RowError("unsupported_file", f"{file}: embedding files must be .npy or .safetensors")
+        raise RowError("unsupported_file", f"{file}: embedding files must be .npy or .safetensors")
     try:
         path = sources.safe_join(base, file)
     except ValueError as exc:
-        raise _RowError("bad_path", str(exc)) from None
+        raise RowError("bad_path", str(exc)) from None
     if not path.is_file():
-        raise _RowError("missing_file", f"{file} not found under the source folder")
+        raise RowError("missing_file", f"{file} not found under the source folder")
     try:
         if suffix == "npy":
             return _from_npy(path, file, s.max_bytes)
         wanted = s.tensor or row.get("tensor") or str(row.get("id"))
         return _from_safetensors(path, file, wanted, s.max_bytes, headers or _SafetensorsHeaders())
     except OSError as exc:
-        raise _RowError("missing_file", f"{file}: {exc}") from None
+        raise RowError("missing_file", f"{file}: {exc}") from None
 
 
 def _row_id(value: Any) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise _RowError("missing_id", "row has no id")
+        raise RowError("missing_id", "row has no id")
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _RowError("wrong_type", f"id must be a string or integer, got {type(value).__name__}")
+        raise RowError("wrong_type", f"id must be a string or integer, got {type(value).__name__}")
     text = str(value)
     if re.search(r"\s", text):
-        raise _RowError("bad_id", f"id {text[:80]!r} contains whitespace")
+        raise RowError("bad_id", f"id {text[:80]!r} contains whitespace")
     return text
 
 
 def _caption(value: Any) -> str:
     if value is None:
-        raise _RowError("empty_caption", "caption is null")
+        raise RowError("empty_caption", "caption is null")
     if not isinstance(value, str):
-        raise _RowError("wrong_type", f"caption must be a string, got {type(value).__name__}")
+        raise RowError("wrong_type", f"caption must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise _RowError("empty_caption", "caption is empty")
+        raise RowError("empty_caption", "caption is empty")
     return value
 
 
@@ -354,9 +347,9 @@ class _Accepted:
 
 def _check_row(value: Any, base: Path, s: Settings, headers: _SafetensorsHeaders) -> _Accepted:
     if isinstance(value, sources.BadRow):
-        raise _RowError(value.reason, value.detail)
+        raise RowError(value.reason, value.detail)
     if not isinstance(value, dict):
-        raise _RowError("wrong_type", f"row must be an object, got {type(value).__name__}")
+        raise RowError("wrong_type", f"row must be an object, got {type(value).__name__}")
     upstream_id = _row_id(value.get("id"))
     caption = _caption(value.get("caption"))
     embedding = load_embedding(value, base, s, headers)
@@ -408,7 +401,7 @@ def plan(options: Options) -> list[Task]:
             try:
                 reference = _check_row(value, options.source, s, headers).embedding
                 break
-            except _RowError:
+            except RowError:
                 continue
     except sources.SourceError:
         pass  # the reader reports it
@@ -471,12 +464,12 @@ def _item(file: str, row: int, value: Any, base: Path, s: Settings, ref: dict[st
         accepted = _check_row(value, base, s, headers)
         e = accepted.embedding
         if ref is not None and e.dtype != ref["dtype"]:
-            raise _RowError("dtype_mismatch", f"dtype {e.dtype}, but this config's embeddings are {ref['dtype']} "
+            raise RowError("dtype_mismatch", f"dtype {e.dtype}, but this config's embeddings are {ref['dtype']} "
                             "(fixed by its first accepted row)")
         if ref is not None and list(e.shape) != ref["shape"]:
-            raise _RowError("shape_mismatch", f"shape {list(e.shape)}, but this config's embeddings are "
+            raise RowError("shape_mismatch", f"shape {list(e.shape)}, but this config's embeddings are "
                             f"{ref['shape']} (fixed by its first accepted row)")
-    except _RowError as exc:
+    except RowError as exc:
         return Reject(file, row, upstream_id, s.origin, exc.reason, exc.detail)
     meta: dict[str, Any] = {"source_file": file, "source_row": row, "upstream_id": accepted.upstream_id,
                             "embedding": e.source, "upstream": accepted.extra}

@@ -75,6 +75,32 @@ class Reject:
 Item = Row | Reject
 
 
+class RowError(Exception):
+    """Raised inside a builder's reader for one unusable row; the reader turns it into a `Reject`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def json_array_tasks(source: Path, file: str, rows_per_task: int) -> list[Task]:
+    """Tasks over byte-range slices of one large JSON array, so one file does not serialize a build.
+
+    A file that cannot be sliced becomes one task carrying the error, which the reader reports as a
+    file-level reject.
+    """
+    from hubsets import sources
+
+    try:
+        slices = sources.json_array_slices(source / file, file, rows_per_task)
+    except sources.SourceError as exc:
+        return [Task(file, options={"error": [exc.reason, exc.detail]})]
+    return [Task(file, part=k, parts=len(slices), options={"offset": s.offset, "first_row": s.first_row,
+                                                           "rows": s.rows})
+            for k, s in enumerate(slices)]
+
+
 class BuildError(Exception):
     """A build cannot proceed; the message names the file and what to do."""
 

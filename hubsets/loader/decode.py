@@ -135,8 +135,8 @@ class Decoded:
 
 
 class _Scratch(threading.local):
-    """Per-thread buffers reused from image to image: fresh multi-megabyte allocations cost page faults
-    on every image (~5% of a decode)."""
+    """Per-thread buffers reused from image to image: fresh half-megabyte allocations page-fault on every
+    image (a few percent of a decode)."""
 
     def __init__(self) -> None:
         self.jpeg = np.empty(0, dtype=np.uint8)
