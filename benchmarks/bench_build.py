@@ -36,7 +36,9 @@ src, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 t = time.perf_counter()
 m = build("skvqa", Options(source=src), out, workers=workers, progress=False)
 seconds = time.perf_counter() - t
-rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+# VmHWM, not ru_maxrss: ru_maxrss survives fork+exec and would report this benchmark's own (parent) peak.
+own = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+rss = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"seconds": seconds, "rows": sum(f["rows"] for f in m["files"].values()), "peak_rss_kb": rss}))
 """
 
