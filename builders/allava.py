@@ -41,7 +41,19 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import archives, sources
-from hubsets.builder import BuildError, Config, Item, Options, Partition, Reject, Row, RowError, Task, json_array_tasks
+from hubsets.builder import (
+    BuildError,
+    Config,
+    Item,
+    Options,
+    Partition,
+    Reject,
+    Row,
+    RowError,
+    Task,
+    json_array_tasks,
+    positive_int_setting,
+)
 from hubsets.llava import ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
 
@@ -148,16 +160,7 @@ def _selected(options: Options) -> list[Subset]:
 
 
 def _rows_per_task(options: Options, subset: Subset) -> int:
-    value = options.settings.get("rows_per_task")
-    if value is None:
-        return 20_000 if subset.origin == "evol" else 1_000
-    try:
-        rows = int(value)
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise BuildError(f"--set rows_per_task={value!r}: expected a positive integer")
-    return rows
+    return positive_int_setting(options, "rows_per_task", 20_000 if subset.origin == "evol" else 1_000)
 
 
 def laion_zips(source: Path) -> list[Path]:

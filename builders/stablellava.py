@@ -28,7 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import archives, sources
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Task, json_array_tasks
+from hubsets.builder import (
+    BuildError,
+    Config,
+    Item,
+    Options,
+    Reject,
+    Row,
+    RowError,
+    Task,
+    json_array_tasks,
+    positive_int_setting,
+)
 from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
 
@@ -97,16 +108,7 @@ def images_root(options: Options) -> Path | None:
 
 
 def _rows_per_task(options: Options) -> int:
-    value = options.settings.get("rows_per_task")
-    if value is None:
-        return 1_000 if images_root(options) is not None else 20_000
-    try:
-        rows = int(value)
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise BuildError(f"--set rows_per_task={value!r}: expected a positive integer")
-    return rows
+    return positive_int_setting(options, "rows_per_task", 1_000 if images_root(options) is not None else 20_000)
 
 
 def plan(options: Options) -> list[Task]:

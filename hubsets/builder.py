@@ -119,6 +119,20 @@ class Options:
     which a rebuild never deletes."""
 
 
+def positive_int_setting(options: Options, name: str, default: int) -> int:
+    """`--set NAME=N` as a positive integer, `default` when absent; `BuildError` naming the setting otherwise."""
+    value = options.settings.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise BuildError(f"--set {name}={value!r}: expected a positive integer")
+    return number
+
+
 class Builder(Protocol):
     """The contract every module in `builders/` fulfils (module-level attributes + functions)."""
 
