@@ -1,12 +1,14 @@
 """Partitioned parquet shard writer.
 
 Records are routed to partitions `(split, origin, signature)`; each partition is a folder of
-`<split>-NNNNN.parquet` files. Files carry the HF `Features` in their schema metadata, use zstd,
-a page index and content-defined chunking (so the Hub's chunk dedup shares bytes across revisions),
-row groups sized for images (`row_group_bytes` of uncompressed data, never over the viewer's 300 MB)
-and roll over at `max_file_bytes`. Memory is bounded by `buffer_bytes` across all partitions: when
-the buffers together exceed it, the largest is flushed as a row group. Output is a deterministic
-function of the record sequence; files appear under their final name only when complete.
+`<split>-NNNNN.parquet` files. Files carry the HF `Features` in their schema metadata, use zstd (except
+for encoded image bytes: JPEG/PNG/WebP do not compress, and zstd would only cost every reader a
+decompression pass over them), a page index and content-defined chunking (so the Hub's chunk dedup
+shares bytes across revisions), row groups sized for images (`row_group_bytes` of uncompressed data,
+never over the viewer's 300 MB) and roll over at `max_file_bytes`. Memory is bounded by `buffer_bytes`
+across all partitions: when the buffers together exceed it, the largest is flushed as a row group.
+Output is a deterministic function of the record sequence; files appear under their final name only
+when complete.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ from hubsets.schema import FEATURES
 
 MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
+STORED_AS_IS = ("images.list.element.bytes",)
+"""Leaf columns written uncompressed: already-compressed media."""
+
+
+def leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet's dotted paths of the leaf columns of an arrow schema (`images.list.element.bytes`)."""
+    def walk(prefix: str, kind: pa.DataType) -> list[str]:
+        if pa.types.is_struct(kind):
+            return [p for i in range(kind.num_fields) for p in walk(f"{prefix}.{kind.field(i).name}",
+                                                                       kind.field(i).type)]
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            return walk(f"{prefix}.list.element", kind.value_type)
+        return [prefix]
+    return [p for f in schema for p in walk(f.name, f.type)]
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class ShardWriter:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
+        self._codecs = {path: "none" if path in STORED_AS_IS else "zstd" for path in leaf_paths(self.schema)}
 
     def write(self, partition: Partition, table: pa.Table) -> None:
         """Append rows (a table with exactly the unified schema) to `partition`."""
@@ -160,7 +177,8 @@ class ShardWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             state.tmp_path = final.with_name(f".{final.name}.tmp")
             state.writer = pq.ParquetWriter(
-                state.tmp_path, self.schema, compression="zstd", compression_level=3,
+                state.tmp_path, self.schema, compression=self._codecs,
+                compression_level={path: 3 for path, codec in self._codecs.items() if codec == "zstd"},
                 write_page_index=True, use_content_defined_chunking=True,
                 # Dictionary-encoding image bytes stores an image once per row group however many rows
                 # (e.g. SK-VQA QA pairs) repeat it; the page limit lets a whole row group's images fit.
