@@ -33,7 +33,7 @@ from tqdm import tqdm
 import hubsets
 from hubsets import card, registry
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
-from hubsets.schema import FEATURES
+from hubsets.schema import ARROW_SCHEMA
 from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
 from hubsets.writer import ShardWriter, WrittenFile, describe
 
@@ -297,9 +297,9 @@ def _with_images(staged: pa.Table, images: pa.StructArray) -> pa.Table:
     refs = staged.column(IMAGE_REFS).combine_chunks()
     offsets = pc.subtract(refs.offsets, refs.offsets[0])
     column = pa.ListArray.from_arrays(offsets, images.take(refs.flatten()),
-                                      type=FEATURES.arrow_schema.field("images").type)
-    arrays = [column if name == "images" else staged.column(name) for name in FEATURES.arrow_schema.names]
-    return pa.Table.from_arrays(arrays, schema=FEATURES.arrow_schema)
+                                      type=ARROW_SCHEMA.field("images").type)
+    arrays = [column if name == "images" else staged.column(name) for name in ARROW_SCHEMA.names]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
 def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str, dict[str, list[str]]]:

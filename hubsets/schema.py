@@ -1,21 +1,25 @@
 """The unified record schema: one set of columns for every hubsets dataset.
 
-Two views of the same contract: `FEATURES` (what parquet files and `load_dataset` see) and the JSON
-Schemas in `schemas/` (what every record is validated against before it is written). Validation
+Two views of the same contract: `ARROW_SCHEMA` / `FEATURES` (what parquet files and `load_dataset` see)
+and the JSON Schemas in `schemas/` (what every record is validated against before it is written). Validation
 errors carry the JSON path of the offending value so a reject reason points at the exact field.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import fastjsonschema
-from datasets import Features, Image, Json, List, Value
+import pyarrow as pa
 from jsonschema import Draft7Validator
 
 from hubsets import resources
+
+if TYPE_CHECKING:
+    from datasets import Features
 
 Record = dict[str, Any]
 """A record is a plain dict with exactly the keys of `COLUMNS`."""
@@ -25,30 +29,66 @@ COLUMNS: tuple[str, ...] = (
     "context", "caption", "image_embedding", "meta",
 )
 
-FEATURES = Features(
-    {
-        "id": Value("string"),
-        "dataset": Value("string"),
-        "origin": Value("string"),
-        "images": List(Image()),
-        "image_urls": List(Value("string")),
-        "messages": List(
-            {
-                "role": Value("string"),
-                "content": List({"type": Value("string"), "text": Value("string")}),
-            }
-        ),
-        "context": Value("string"),
-        "caption": Value("string"),
-        "image_embedding": {
-            "encoder": Value("string"),
-            "dtype": Value("string"),
-            "shape": List(Value("int32")),
-            "data": Value("binary"),
-        },
-        "meta": Json(),
-    }
+
+def _value(dtype: str) -> dict[str, str]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+def _list(feature: dict[str, Any]) -> dict[str, Any]:
+    return {"feature": feature, "_type": "List"}
+
+
+FEATURES_DICT: dict[str, Any] = {
+    "id": _value("string"),
+    "dataset": _value("string"),
+    "origin": _value("string"),
+    "images": _list({"_type": "Image"}),
+    "image_urls": _list(_value("string")),
+    "messages": _list({"role": _value("string"),
+                       "content": _list({"type": _value("string"), "text": _value("string")})}),
+    "context": _value("string"),
+    "caption": _value("string"),
+    "image_embedding": {"encoder": _value("string"), "dtype": _value("string"), "shape": _list(_value("int32")),
+                        "data": _value("binary")},
+    "meta": {"_type": "Json"},
+}
+"""The unified schema as `datasets.Features.to_dict()` writes it (the `huggingface` parquet metadata)."""
+
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("origin", pa.string()),
+        ("images", pa.list_(_IMAGE)),
+        ("image_urls", pa.list_(pa.string())),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(
+            pa.struct([("type", pa.string()), ("text", pa.string())])))]))),
+        ("context", pa.string()),
+        ("caption", pa.string()),
+        ("image_embedding", pa.struct([("encoder", pa.string()), ("dtype", pa.string()),
+                                       ("shape", pa.list_(pa.int32())), ("data", pa.binary())])),
+        ("meta", pa.json_()),
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": FEATURES_DICT}})},
 )
+"""What every shard stores: `FEATURES.arrow_schema`, spelled in pyarrow so that build workers never import
+`datasets`; a test checks that the two are identical, metadata included."""
+
+
+@cache
+def _features() -> Features:
+    from datasets import Features
+
+    return Features.from_dict(FEATURES_DICT)
+
+
+def __getattr__(name: str) -> Any:
+    """`FEATURES`, the unified schema as `datasets.Features` (`Image` typed, `Json` meta), is built on first
+    use: importing `datasets` costs a second, which build workers never pay."""
+    if name == "FEATURES":
+        return _features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def empty_record(**fields: Any) -> Record:

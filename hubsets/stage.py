@@ -37,10 +37,10 @@ STAGING = ".hubsets-build"
 ROWS, IMAGES, REJECTS, STATS = "rows.parquet", "images.parquet", "rejects.jsonl", "stats.json"
 PARTITION_COLUMNS = ("_split", "_origin", "_signature")
 IMAGE_REFS = "_images"
-IMAGE_TYPE = schema.FEATURES.arrow_schema.field("images").type.value_type
+IMAGE_TYPE = schema.ARROW_SCHEMA.field("images").type.value_type
 STAGED_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS]
                           + [pa.field(IMAGE_REFS, pa.list_(pa.int64()))]
-                          + [f for f in schema.FEATURES.arrow_schema if f.name != "images"])
+                          + [f for f in schema.ARROW_SCHEMA if f.name != "images"])
 IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
 BATCH_BYTES = 32 * 1024 * 1024
 FORMAT = 2
@@ -74,7 +74,7 @@ def task_key(builder: Builder, task: Task, options: Options) -> str:
     except OSError:
         fingerprint = None
     identity = {
-        "format": FORMAT, "builder": builder.NAME, "version": builder.VERSION, "schema": schema.FEATURES.to_dict(),
+        "format": FORMAT, "builder": builder.NAME, "version": builder.VERSION, "schema": schema.FEATURES_DICT,
         "task": {"file": task.file, "part": task.part, "parts": task.parts, "options": dict(task.options)},
         "options": {"columns": dict(options.columns), "settings": dict(options.settings),
                     "max_pixels": options.max_pixels, "revision": options.revision},

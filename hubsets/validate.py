@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from hubsets.schema import FEATURES
+from hubsets.schema import ARROW_SCHEMA
 from hubsets.writer import sha256_file
 
 MANIFEST = "hubsets.json"
@@ -63,7 +63,7 @@ def validate_folder(folder: Path) -> list[str]:
 def _check_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
     errors = []
     files: dict[str, Any] = manifest.get("files", {})
-    expected_schema = FEATURES.arrow_schema
+    expected_schema = ARROW_SCHEMA
     for rel, entry in sorted(files.items()):
         path = folder / rel
         if not path.is_file():

@@ -24,10 +24,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features
 
 from hubsets.builder import Partition
-from hubsets.schema import FEATURES
+from hubsets.schema import ARROW_SCHEMA
 
 MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
@@ -89,13 +88,13 @@ class ShardWriter:
 
     _MAX_PENDING = 2
 
-    def __init__(self, out: Path, *, features: Features = FEATURES, row_group_bytes: int = 64 * MB,
+    def __init__(self, out: Path, *, schema: pa.Schema = ARROW_SCHEMA, row_group_bytes: int = 64 * MB,
                  row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
                  buffer_bytes: int = 128 * MB) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
-        self.schema = features.arrow_schema
+        self.schema = schema
         self.row_group_bytes = row_group_bytes
         self.row_group_rows = row_group_rows
         self.max_file_bytes = max_file_bytes

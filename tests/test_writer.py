@@ -76,3 +76,12 @@ def test_abort_leaves_nothing_that_looks_finished(tmp_path):
         w.write(Partition("train", "laion", "none"), rec(i))
     w.abort()
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_arrow_schema_is_the_features_schema():
+    """Workers use the pyarrow spelling (no `datasets` import); it must be exactly what `datasets` derives."""
+    from hubsets.schema import ARROW_SCHEMA, FEATURES_DICT
+
+    assert FEATURES.to_dict() == FEATURES_DICT
+    assert ARROW_SCHEMA.equals(FEATURES.arrow_schema, check_metadata=True)
+    assert ARROW_SCHEMA.metadata == FEATURES.arrow_schema.metadata
