@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -316,19 +317,25 @@ def safe_join(base: Path, relative: str) -> Path:
         raise ValueError(f"absolute path {relative!r} is not allowed")
     if ".." in rel.parts:
         raise ValueError(f"path {relative!r} escapes its folder")
-    target = (base / Path(*rel.parts)).resolve()
-    if not target.is_relative_to(base.resolve()):
+    target = Path(os.path.realpath(base / Path(*rel.parts)))
+    if not target.is_relative_to(_realpath(base)):
         raise ValueError(f"path {relative!r} escapes its folder via a symlink")
     return target
 
 
+@lru_cache(maxsize=256)
+def _realpath(folder: Path) -> Path:
+    """Resolved once per folder: every image of a file is joined to the same base."""
+    return Path(os.path.realpath(folder))
+
+
 def read_local_image(base: Path, relative: str, *, max_bytes: int = 256 * 1024 * 1024) -> bytes:
     """Bytes of an image file referenced relative to `base`; `FileNotFoundError`/`ValueError` on failure."""
-    path = safe_join(base, relative)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{relative}: {size} bytes exceeds the {max_bytes}-byte cap")
-    return path.read_bytes()
+    with open(safe_join(base, relative), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ValueError(f"{relative}: {size} bytes exceeds the {max_bytes}-byte cap")
+        return f.read()
 
 
 def to_jsonable(value: Any) -> Any:

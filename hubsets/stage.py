@@ -6,9 +6,11 @@ folder that exists is a finished task: that is the journal a resumed build reads
 builder and its version, the task, the options that change results, and the input file's size and
 mtime, so a changed input or option invalidates exactly the tasks it affects.
 
-Each distinct image is staged once (`images.parquet`) and rows refer to it by index (`_images`): per-QA
+Each distinct image is staged once (`images.arrow`) and rows refer to it by index (`_images`): per-QA
 layouts such as SK-VQA repeat an image on every QA row, and copying those bytes at every step would cost
 more than checking the image. The merge materializes the final `images` column once, per partition.
+Staged files are uncompressed Arrow IPC: writing them is a copy, and the merge memory-maps them, so
+staging costs little next to the image check that dominates a task.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hubsets import images, registry, schema
 from hubsets.builder import Builder, Options, Partition, Reject, Row, Task
@@ -34,7 +35,7 @@ from hubsets.filters import signature
 
 STAGING = ".hubsets-build"
 """Under the output folder: staged task results. A dot-folder, so it is never pushed or loaded."""
-ROWS, IMAGES, REJECTS, STATS = "rows.parquet", "images.parquet", "rejects.jsonl", "stats.json"
+ROWS, IMAGES, REJECTS, STATS = "rows.arrow", "images.arrow", "rejects.jsonl", "stats.json"
 PARTITION_COLUMNS = ("_split", "_origin", "_signature")
 IMAGE_REFS = "_images"
 IMAGE_TYPE = schema.ARROW_SCHEMA.field("images").type.value_type
@@ -43,7 +44,7 @@ STAGED_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS]
                           + [f for f in schema.ARROW_SCHEMA if f.name != "images"])
 IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
 BATCH_BYTES = 32 * 1024 * 1024
-FORMAT = 2
+FORMAT = 3
 """Version of the staged layout; part of every task key, so a hubsets upgrade never reuses old stages."""
 
 
@@ -108,19 +109,21 @@ class Staging:
         return removed
 
     def rows(self, key: str) -> Iterator[pa.RecordBatch]:
-        """Staged rows (without image bytes: `_images` holds indexes into `images(key)`)."""
+        """Staged rows (without image bytes: `_images` holds indexes into `images(key)`), memory-mapped."""
         path = self.path(key) / ROWS
         if path.is_file():
-            yield from pq.ParquetFile(path).iter_batches(batch_size=4096)
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
 
     def images(self, key: str) -> pa.StructArray:
-        """The task's distinct images as one struct<bytes, path> array, indexed by `_images`."""
+        """The task's distinct images as one struct<bytes, path> array, indexed by `_images` (memory-mapped:
+        the merge copies each image's bytes once, into the shard it writes)."""
         path = self.path(key) / IMAGES
         if not path.is_file():
             return pa.array([], type=IMAGE_TYPE)
-        table = pq.read_table(path).combine_chunks()
-        return pa.StructArray.from_arrays([table.column(n).chunk(0) if table.column(n).num_chunks else
-                                           pa.array([], type=table.schema.field(n).type) for n in table.column_names],
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        return pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
                                           fields=list(IMAGE_TYPE))
 
     def rejects(self, key: str) -> Iterator[str]:
@@ -204,10 +207,11 @@ class _ImageTable:
         self.path = path
         self._index: dict[tuple[int, str | None], int] = {}
         self._keep: list[bytes] = []
-        self._pending: list[dict[str, Any]] = []
+        self._pending_bytes_list: list[bytes] = []
+        self._pending_paths: list[str | None] = []
         self._pending_bytes = 0
         self._count = 0
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
 
     def refs(self, images: list[dict[str, Any]]) -> list[int]:
         out = []
@@ -218,7 +222,8 @@ class _ImageTable:
                 index = self._index[key] = self._count
                 self._count += 1
                 self._keep.append(image["bytes"])  # keeps id() unique while the object is indexed
-                self._pending.append({"bytes": image["bytes"], "path": image["path"]})
+                self._pending_bytes_list.append(image["bytes"])
+                self._pending_paths.append(image["path"])
                 self._pending_bytes += len(image["bytes"])
                 if self._pending_bytes >= BATCH_BYTES:
                     self.flush()
@@ -226,13 +231,13 @@ class _ImageTable:
         return out
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending_paths:
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, IMAGES_SCHEMA, compression="none", use_dictionary=False,
-                                            write_statistics=False)
-        self._writer.write_table(pa.Table.from_pylist(self._pending, schema=IMAGES_SCHEMA))
-        self._pending, self._pending_bytes = [], 0
+            self._writer = pa.ipc.new_file(str(self.path), IMAGES_SCHEMA)
+        self._writer.write_batch(pa.record_batch([pa.array(self._pending_bytes_list, pa.binary()),
+                                                  pa.array(self._pending_paths, pa.string())], schema=IMAGES_SCHEMA))
+        self._pending_bytes_list, self._pending_paths, self._pending_bytes = [], [], 0
         if len(self._index) > 4096:  # rows of one image are adjacent: old entries will not be hit again
             self._index.clear()
             self._keep.clear()
@@ -249,7 +254,7 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
     reject_stats = getattr(builder, "reject_stats", None)
     rows: list[dict[str, Any]] = []
     pending = 0
-    writer: pq.ParquetWriter | None = None
+    writer: pa.ipc.RecordBatchFileWriter | None = None
     images = _ImageTable(tmp / IMAGES)
 
     def flush() -> None:
@@ -258,9 +263,8 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
         if not rows:
             return
         if writer is None:
-            writer = pq.ParquetWriter(tmp / ROWS, STAGED_SCHEMA, compression="none",
-                                      use_dictionary=list(PARTITION_COLUMNS), write_statistics=False)
-        writer.write_table(pa.Table.from_pylist(rows, schema=STAGED_SCHEMA))
+            writer = pa.ipc.new_file(str(tmp / ROWS), STAGED_SCHEMA)
+        writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=STAGED_SCHEMA))
         rows.clear()
 
     try:

@@ -99,7 +99,8 @@ def check_accounting(out: Path, manifest: dict[str, Any], inputs: dict[str, int]
             meta = json.loads(meta)
             seen[meta["source_file"]].append(meta["source_row"])
             written[meta["source_file"]].append({**meta, "caption": caption, "urls": urls, "origin": origin})
-    for line in (out / "rejects" / "rejects.jsonl").read_text(encoding="utf-8").splitlines():
+    # JSON Lines are split on "\n" only: str.splitlines() would also split inside a value holding U+2028 or NEL
+    for line in (out / "rejects" / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1]:
         entry = json.loads(line)
         assert entry["reason"] and isinstance(entry["detail"], str) and entry["rows"] >= 1, entry
         file, row, rows = entry["file"], entry["row"], entry["rows"]
