@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -33,13 +34,17 @@ from pathlib import Path
 from hubsets.build import build
 from hubsets.builder import Options
 src, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-t = time.perf_counter()
+def cpu():
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+t, c = time.perf_counter(), cpu()
 m = build("skvqa", Options(source=src), out, workers=workers, progress=False)
-seconds = time.perf_counter() - t
+seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
 # VmHWM, not ru_maxrss: ru_maxrss survives fork+exec and would report this benchmark's own (parent) peak.
 own = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 rss = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print(json.dumps({"seconds": seconds, "rows": sum(f["rows"] for f in m["files"].values()), "peak_rss_kb": rss}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rows": sum(f["rows"] for f in m["files"].values()),
+                  "peak_rss_kb": rss}))
 """
 
 
@@ -70,6 +75,13 @@ def check_only(data: list[bytes]) -> float:
     return time.perf_counter() - t
 
 
+def _cpu_of(fn: Callable[[list[bytes]], float], data: list[bytes]) -> float:
+    """CPU seconds (this process) that `fn(data)` costs: immune to a busy neighbour, unlike wall time."""
+    start = time.process_time()
+    fn(data)
+    return time.process_time() - start
+
+
 def run_build(src: Path, out: Path, workers: int) -> dict:
     r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers)], capture_output=True, text=True,
                        check=True)
@@ -93,10 +105,12 @@ def main() -> None:
                 n_images = make_input(src, rows, args.qa, size, layout)  # type: ignore[arg-type]
                 data = unique_images(src)
                 check = statistics.median(check_only(data) for _ in range(args.repeats))
+                check_cpu = statistics.median(_cpu_of(check_only, data) for _ in range(args.repeats))
                 one = [run_build(src, Path(tmp) / f"out-{rows}-1-{i}", 1) for i in range(args.repeats)]
                 two = [run_build(src, Path(tmp) / f"out-{rows}-2-{i}", 2) for i in range(args.repeats)]
                 results[(layout, rows)] = {
                     "images": n_images, "mb": sum(map(len, data)) / 1e6, "check_s": check,
+                    "check_cpu_s": check_cpu, "build1_cpu_s": statistics.median(r["cpu_seconds"] for r in one),
                     "build1_s": statistics.median(r["seconds"] for r in one),
                     "build2_s": statistics.median(r["seconds"] for r in two),
                     "rss1_mb": statistics.median(r["peak_rss_kb"] for r in one) / 1024,
@@ -106,14 +120,17 @@ def main() -> None:
     print(f"\nSK-VQA build benchmark: {args.qa} QA per image, {args.size} JPEG (PNG every 5th), "
           f"median of {args.repeats}")
     print(f"{'layout':>7} {'rows':>7} {'images':>7} {'MB':>7} | {'check img/s':>11} {'build img/s':>11} "
-          f"{'rows/s':>8} {'MB/s':>6} {'build/check':>11} | {'2w img/s':>8} {'speed-up':>8} | "
+          f"{'rows/s':>8} {'MB/s':>6} {'build/check':>11} {'CPU ratio':>9} | {'2w img/s':>8} {'speed-up':>8} | "
           f"{'RSS 1w MB':>9} {'RSS 2w MB':>9}")
     for (layout, rows), r in results.items():
         check_rate, build_rate = r["images"] / r["check_s"], r["images"] / r["build1_s"]
         print(f"{layout:>7} {rows:>7} {r['images']:>7} {r['mb']:>7.1f} | {check_rate:>11.0f} {build_rate:>11.0f} "
-              f"{rows / r['build1_s']:>8.0f} {r['mb'] / r['build1_s']:>6.1f} {build_rate / check_rate:>11.2f} | "
+              f"{rows / r['build1_s']:>8.0f} {r['mb'] / r['build1_s']:>6.1f} {build_rate / check_rate:>11.2f} "
+              f"{r['check_cpu_s'] / r['build1_cpu_s']:>9.2f} | "
               f"{r['images'] / r['build2_s']:>8.0f} {r['build1_s'] / r['build2_s']:>8.2f} | "
               f"{r['rss1_mb']:>9.0f} {r['rss2_mb']:>9.0f}")
+    print("build/check: wall-clock rates; CPU ratio: CPU seconds of the check alone / CPU seconds of the whole "
+          "1-worker build (all its threads and processes), i.e. the share of the build's work that is the check")
     for layout in args.layout:
         sizes = sorted(rows for (lay, rows) in results if lay == layout)
         if len(sizes) >= 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,7 @@ def skvqa_built(skvqa_parquet_source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("skvqa-built") / "skvqa"
     build("skvqa", Options(source=skvqa_parquet_source), out, progress=False)
     return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
