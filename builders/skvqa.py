@@ -14,8 +14,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from hubsets import sources
-from hubsets.builder import Config, Item, Options, Partition, Reject, Row, RowError, Task
+from hubsets.builder import READS, Config, Item, Options, Partition, Reject, Row, RowError, Task
 from hubsets.filters import Filter, contains_tokens, normalize_text
 from hubsets.schema import Record, empty_record
 
@@ -143,10 +146,23 @@ def _pick(row: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, A
 # --- planning and reading ----------------------------------------------------------------------------
 
 def plan(options: Options) -> list[Task]:
-    """One task per input file (QA indexes of an image continue across its adjacent rows within a file)."""
+    """One task per input file. QA indexes of an image continue across its adjacent rows, also into the next
+    file of a series (same folder, format and split: shards written by row count split images anywhere), so
+    each task after the first of a series also reads the tail of the file before it (`READS`)."""
     files = sources.discover(options.source, sources.PARQUET_SUFFIXES + sources.JSONL_SUFFIXES
                              + sources.JSON_SUFFIXES)
-    return [Task(file) for file in files]
+    tasks = []
+    for before, file in zip([None, *files], files, strict=False):
+        continues = before is not None and _series(before) == _series(file)
+        tasks.append(Task(file, options={READS: [before]} if continues else {}))
+    return tasks
+
+
+def _series(file: str) -> tuple[str, str, str]:
+    path = PurePosixPath(file)
+    kind = next(k for k, suffixes in (("parquet", sources.PARQUET_SUFFIXES), ("jsonl", sources.JSONL_SUFFIXES),
+                                      ("json", sources.JSON_SUFFIXES)) if file.lower().endswith(suffixes))
+    return str(path.parent), kind, _split_of(file)
 
 
 def _split_of(file: str) -> str:
@@ -158,10 +174,11 @@ def _split_of(file: str) -> str:
     return "train"
 
 
-def _rows(path: Path, file: str) -> Iterator[tuple[int, Any]]:
+def _rows(path: Path, file: str, start: int = 0) -> Iterator[tuple[int, Any]]:
+    """Rows of an input file; `start` skips rows cheaply in parquet (other formats yield them all)."""
     name = file.lower()
     if name.endswith(sources.PARQUET_SUFFIXES):
-        return sources.iter_parquet(path, file)
+        return sources.iter_parquet(path, file, start=start)
     if name.endswith(sources.JSONL_SUFFIXES):
         return sources.iter_jsonl(path, file)
     return sources.iter_json_array(path, file)
@@ -171,8 +188,8 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     mapping = _mapping(options)
     path = options.source / task.file
     default_split = _split_of(task.file)
-    state = _ImageState()
     try:
+        state = _continued(task, options, mapping) if task.options.get(READS) else _ImageState()
         for row_index, value in _rows(path, task.file):
             yield from _read_row(task.file, row_index, value, path.parent, mapping, default_split, state, options)
     except sources.SourceError as exc:
@@ -187,6 +204,50 @@ class _ImageState:
         self.next_index = 0
         self.ref: Any = None
         self.data: bytes | None = None
+        self.data_hashed: bytes | None = None
+        self.digest = ""
+        """Image key of `data_hashed` when it has no upstream id (hashed once per image, not per QA row)."""
+
+
+def _replay(options: Options, file: str, mapping: dict[str, tuple[str, ...]], *, start: int = 0,
+            first_row_only: bool = False) -> tuple[_ImageState, int | None]:
+    """Run the reader over a file (from row `start`, or only its first row) for its QA-index state alone;
+    also returns the row where the last image's run of rows began (None when no row had an image)."""
+    path = options.source / file
+    state, split, run_start = _ImageState(), _split_of(file), None
+    for row_index, value in _rows(path, file, start):
+        key = state.key
+        for _ in _read_row(file, row_index, value, path.parent, mapping, split, state, options):
+            pass
+        if state.key != key:
+            run_start = row_index
+        if first_row_only:
+            break
+    return state, run_start
+
+
+def _continued(task: Task, options: Options, mapping: dict[str, tuple[str, ...]]) -> _ImageState:
+    """The state a file starts in: when its first image is the last image of the file before it (an image's
+    QA rows split across two shards), QA indexes continue from there instead of restarting at 0 (which
+    would give the continued rows the ids of the first ones, and make them duplicates)."""
+    state = _ImageState()
+    first, _ = _replay(options, task.file, mapping, first_row_only=True)
+    if first.key is None:
+        return state
+    before = task.options[READS][0]
+    try:
+        start = 0
+        if before.lower().endswith(sources.PARQUET_SUFFIXES):  # the last row group holds the tail
+            metadata = pq.read_metadata(options.source / before)
+            start = metadata.num_rows - metadata.row_group(metadata.num_row_groups - 1).num_rows
+        tail, run_start = _replay(options, before, mapping, start=start)
+        if start and run_start == start:  # the last image's rows may begin before the last row group
+            tail, run_start = _replay(options, before, mapping)
+    except (sources.SourceError, pa.ArrowException, OSError):
+        return state  # an unreadable file before this one is reported by its own task
+    if tail.key == first.key:
+        state.key, state.next_index = tail.key, tail.next_index
+    return state
 
 
 def _text(value: Any, field: str, *, allow_list: bool = False) -> list[str]:
@@ -302,7 +363,9 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
     except RowError as exc:
         yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail, count=len(pairs))
         return
-    image_key = upstream_id or hashlib.sha256(data).hexdigest()[:16]
+    if upstream_id is None and data is not state.data_hashed:
+        state.digest, state.data_hashed = hashlib.sha256(data).hexdigest()[:16], data
+    image_key = upstream_id or state.digest
     if state.key != (origin, image_key):
         state.key, state.next_index = (origin, image_key), 0
     used = {name for names in mapping.values() for name in names if name in value}

@@ -50,6 +50,11 @@ class Task:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+READS = "reads"
+"""Task option: other input files (relative paths) whose content the task's result also depends on; they are
+fingerprinted in its staged key like the task's own file."""
+
+
 @dataclass(frozen=True)
 class Row:
     split: str

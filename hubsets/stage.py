@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from hubsets import images, registry, schema
-from hubsets.builder import Builder, Options, Partition, Reject, Row, Task
+from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
 
 STAGING = ".hubsets-build"
@@ -68,18 +68,19 @@ class TaskStats:
 
 def task_key(builder: Builder, task: Task, options: Options) -> str:
     """Identity of a task's result: changes whenever something that could change it changes."""
-    path = options.source / task.file
-    try:
-        st = path.stat()
-        fingerprint: list[int] | None = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        fingerprint = None
+    fingerprints: list[list[int] | None] = []
+    for file in (task.file, *task.options.get(READS, ())):
+        try:
+            st = (options.source / file).stat()
+            fingerprints.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            fingerprints.append(None)
     identity = {
         "format": FORMAT, "builder": builder.NAME, "version": builder.VERSION, "schema": schema.FEATURES_DICT,
         "task": {"file": task.file, "part": task.part, "parts": task.parts, "options": dict(task.options)},
         "options": {"columns": dict(options.columns), "settings": dict(options.settings),
                     "max_pixels": options.max_pixels, "revision": options.revision},
-        "input": fingerprint,
+        "input": fingerprints,
     }
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]

@@ -94,12 +94,16 @@ def test_rerun_redoes_nothing_and_a_changed_input_redoes_only_its_task(source, r
     build("skvqa", Options(source=src), out, progress=False)
     assert tasks(out) == {"tasks": 8, "run": 0, "reused": 8}
     assert snapshot(out) == reference
-    victim = sorted((src / "data").glob("*.parquet"))[3]
-    os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
+    shards = sorted((src / "data").glob("*.parquet"))
+    os.utime(shards[-1], ns=(time.time_ns(), time.time_ns() + 10**9))
     messages: list[str] = []
     build("skvqa", Options(source=src), out, progress=False, log=messages.append)
     assert tasks(out) == {"tasks": 8, "run": 1, "reused": 7}
     assert any("no longer match" in m for m in messages)
+    os.utime(shards[3], ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    build("skvqa", Options(source=src), out, progress=False)
+    assert tasks(out) == {"tasks": 8, "run": 2, "reused": 6}  # and the next shard's, which reads its tail
+    assert snapshot(out) == reference
     build("skvqa", Options(source=src, max_pixels=10**7), out, progress=False)
     assert tasks(out)["run"] == 8  # an option that can change results invalidates every task
 

@@ -214,3 +214,41 @@ def test_parallel_build_is_byte_identical(skvqa_parquet_source, skvqa_built, tmp
     one.pop("provenance"), two.pop("provenance")
     assert one == two
     assert (skvqa_built / "README.md").read_text() == (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+@pytest.mark.parametrize("layout", ["parquet", "jsonl"])
+def test_image_rows_split_across_shards_keep_counting(tmp_path, with_ids, layout):
+    """Shards written by row count cut an image's QA rows anywhere: the rows continuing into the next shard keep
+    their QA indexes (no restart at 0, which would make them duplicates of the first rows)."""
+    pictures = samples.sample_images(3)
+    rows = [{"image": {"bytes": pictures[i], "path": None}, "context": f"Knowledge about subject {i}.",
+             "question": f"Question {k} about subject {i}?", "answer": f"subject {i}", "source": "LAION",
+             **({"id": f"pic{i}"} if with_ids else {})}
+            for i, count in enumerate((3, 7, 2)) for k in range(count)]
+    cuts = [(0, 5), (5, 12)]  # picture 1's seven rows: two in the first shard (rows 3-4), five in the second
+    source = tmp_path / "src"
+    (source / "data").mkdir(parents=True)
+    for n, (lo, hi) in enumerate(cuts):
+        name = source / "data" / f"train-{n:05d}-of-00002.{layout}"
+        if layout == "parquet":  # row groups of 2: picture 1's tail in shard 0 spans whole row groups
+            pq.write_table(pa.Table.from_pylist(rows[lo:hi]), name, row_group_size=2)
+        else:
+            images = source / "data" / "images"
+            images.mkdir(exist_ok=True)
+            for i, data in enumerate(pictures):
+                (images / f"{i}.jpg").write_bytes(data)
+            with open(name, "w") as f:
+                for row in rows[lo:hi]:
+                    index = pictures.index(row["image"]["bytes"])
+                    f.write(json.dumps({**row, "image": f"images/{index}.jpg"}) + "\n")
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=source), out, progress=False)
+    assert manifest["rejects"]["rows"] == 0
+    ids = [i for f in sorted(manifest["files"]) for i in pq.read_table(out / f, columns=["id"])["id"].to_pylist()]
+    indexes: dict[str, list[int]] = {}
+    for record_id in ids:
+        _, _, key, index = record_id.split("/")
+        indexes.setdefault(key, []).append(int(index))
+    assert sorted(map(sorted, indexes.values()), key=len) == [[0, 1], [0, 1, 2], list(range(7))]
+    assert validate_folder(out) == []
