@@ -18,6 +18,7 @@ format go through Pillow. EXIF orientation is applied after the resize, on the s
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import threading
@@ -72,9 +73,11 @@ class Geometry:
     size: tuple[int, int]
 
 
+@functools.lru_cache(maxsize=4096)
 def geometry(width: int, height: int, options: DecodeOptions, max_scale: int = 8) -> Geometry:
     """The box and output size for an image, with the largest DCT scale <= `max_scale` that keeps the box
-    at least as large as the output in both directions (never upsampling a reduced decode).
+    at least as large as the output in both directions (never upsampling a reduced decode). Cached: a
+    dataset's images come in a few sizes.
 
     Orientation does not matter here: every mode is symmetric under flips and transposes."""
     side = options.image_size
@@ -140,39 +143,47 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self.jpeg = np.empty(0, dtype=np.uint8)
-        self.crop = torch.empty(0, dtype=torch.uint8)
+        self.crop = np.empty(0, dtype=np.uint8)
 
     def jpeg_buffer(self, nbytes: int) -> np.ndarray:
         if self.jpeg.size < nbytes:
             self.jpeg = np.empty(nbytes, dtype=np.uint8)
         return self.jpeg
 
-    def crop_view(self, height: int, width: int) -> torch.Tensor:
-        """A [1, 3, height, width] channels-last tensor over the reused crop buffer."""
-        nbytes = height * width * 3
-        if self.crop.numel() < nbytes:
-            self.crop = torch.empty(nbytes, dtype=torch.uint8)
-        return self.crop[:nbytes].view(1, height, width, 3).permute(0, 3, 1, 2)
+    def crop_copy(self, pixels: np.ndarray) -> np.ndarray:
+        """`pixels` (HWC) copied into the reused crop buffer, as a contiguous HWC array."""
+        nbytes = pixels.size
+        if self.crop.size < nbytes:
+            self.crop = np.empty(nbytes, dtype=np.uint8)
+        out = self.crop[:nbytes].reshape(pixels.shape)
+        np.copyto(out, pixels)
+        return out
 
 
 _scratch = _Scratch()
+
+
+_resize_aa_out = torch.ops.aten._upsample_bilinear2d_aa.out
+"""The antialiased bilinear kernel writing into a given tensor (a slot of the batch), looked up once."""
 
 
 def resize_into(decoded: Decoded, out: torch.Tensor | None) -> torch.Tensor:
     """Resample the geometry's box of a decoded array to its output size, into `out` ([1, 3, h, w],
     channels-last) or a new [3, h, w] tensor. torch's vectorised uint8 antialiased kernel needs a
     contiguous channels-last input with canonical strides (anything else runs at half speed), so a crop
-    is first copied into a reused buffer of that layout."""
+    is first copied into a reused buffer of that layout. The box is cut in numpy and handed to torch
+    as one view: per-image tensor ops cost microseconds each in Python."""
     geo = decoded.geometry
     x0, y0, x1, y1 = (v // decoded.scale for v in geo.box)
-    image = torch.from_numpy(decoded.array).unsqueeze(0).permute(0, 3, 1, 2)[:, :, y0:y1, x0:x1]
+    pixels = decoded.array[y0:y1, x0:x1]
+    if (y1 - y0, x1 - x0) != geo.size and not pixels.flags.c_contiguous:
+        pixels = _scratch.crop_copy(pixels)
+    image = torch.from_numpy(pixels).unsqueeze(0).permute(0, 3, 1, 2)
     if (y1 - y0, x1 - x0) == geo.size:
         return image[0] if out is None else out.copy_(image)
-    if not image.is_contiguous(memory_format=torch.channels_last):
-        image = _scratch.crop_view(y1 - y0, x1 - x0).copy_(image)
     if out is None:
         return F.interpolate(image, size=geo.size, mode="bilinear", antialias=True)[0]
-    return torch.ops.aten._upsample_bilinear2d_aa.out(image, list(geo.size), False, None, None, out=out)
+    return _resize_aa_out(image, list(geo.size), False, None, None, out=out)
 
 
 def place(pixels: torch.Tensor, geo: Geometry, orientation: int, out: torch.Tensor, pad_value: int) -> None:
