@@ -105,8 +105,12 @@ class _SeenIds:
 
 def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: str = "local",
           ray_address: str | None = None, allow_bad_files: bool = False, progress: bool | None = None,
-          writer_options: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          writer_options: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,
+          discard_staging: bool = False) -> dict[str, Any]:
     """Build dataset `name` from `options.source` into `out`; returns the manifest.
+
+    Staged tasks (`<out>/.hubsets-build/`) are kept so that a rebuild resumes; with `discard_staging` they
+    are deleted once the build has succeeded (they hold a copy of every distinct image).
 
     Raises `BuildError` when accounting does not add up, when writing fails (e.g. the disk is full: free
     space and run the same command again to resume), or when input files were unreadable and
@@ -164,6 +168,8 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
         raise BuildError(
             f"{len(bad_files)} input file(s) could not be read ({', '.join(bad_files[:3])}); "
             f"see {out / REJECTS} (pass --allow-bad-files to accept the build without them)")
+    if discard_staging:
+        shutil.rmtree(out / STAGING, ignore_errors=True)
     return manifest
 
 

@@ -65,7 +65,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
                       settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
     manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
-                     ray_address=args.address, allow_bad_files=args.allow_bad_files)
+                     ray_address=args.address, allow_bad_files=args.allow_bad_files,
+                     discard_staging=args.discard_staging)
     _print_summary(manifest, Path(args.out))
     return 0
 
@@ -159,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="upstream revision (commit sha) the source was taken from")
     s.add_argument("--max-pixels", type=int, default=64_000_000, help="reject images larger than this")
     s.add_argument("--allow-bad-files", action="store_true", help="exit 0 even if some input files are unreadable")
+    s.add_argument("--discard-staging", action="store_true",
+                   help="delete the staged tasks (OUT/.hubsets-build) after a successful build; a rebuild then "
+                        "redoes every task")
     s.set_defaults(func=cmd_build)
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
     s.add_argument("dir")

@@ -55,3 +55,14 @@ def test_push_refuses_an_invalid_folder_with_one_line(tmp_path):
     assert r.returncode == 1 and "not ready to push" in r.stderr and "Traceback" not in r.stderr
     r = hubsets("push", str(tmp_path), "--repo", "no-slash")
     assert r.returncode == 2 and "ORG/NAME" in r.stderr
+
+
+def test_discard_staging_deletes_the_staged_tasks_only_after_success(skvqa_parquet_source, tmp_path):
+    out = tmp_path / "out"
+    r = hubsets("build", "skvqa", "--source", str(skvqa_parquet_source), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert any((out / ".hubsets-build" / "tasks").iterdir())  # kept by default: a rebuild resumes from them
+    r = hubsets("build", "skvqa", "--source", str(skvqa_parquet_source), "--out", str(out), "--discard-staging")
+    assert r.returncode == 0, r.stderr
+    assert not (out / ".hubsets-build").exists()
+    assert hubsets("validate", str(out)).returncode == 0
