@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -172,9 +172,11 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
     local = _local_files(folder)
+    sent: list[PushResult] = []
     with _xet_disabled_unless_hub(api.endpoint):
         _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True), secret)
-        return _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message), secret)
+        return _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message, sent),
+                             secret)
 
 
 def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> str:
@@ -191,7 +193,10 @@ def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> st
 
 
 def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFile], revision: str,
-               create_pr: bool, message: str | None) -> PushResult:
+               create_pr: bool, message: str | None, sent: list[PushResult]) -> PushResult:
+    """Plan against the remote head and commit the difference. `sent` remembers a commit whose answer never
+    came back (a dropped connection): when the retry then finds nothing to do, that commit landed, and the
+    result reports it rather than "already up to date"."""
     head = _remote_head(api, repo_id, revision, create_pr)
     remote = {entry.path: entry for entry in api.list_repo_tree(repo_id, recursive=True, revision=head,
                                                                  repo_type=REPO_TYPE)
@@ -200,12 +205,15 @@ def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFi
     changed = tuple(path for path in local if path in remote and not _unchanged(local[path], remote[path]))
     deleted = tuple(sorted(path for path in remote if path not in local and path.startswith(OWNED_PREFIXES)))
     if not (added or changed or deleted):
+        if sent and not create_pr:
+            return replace(sent[-1], commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{head}")
         return PushResult(repo_id, revision, (), (), (), 0, None)
     operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local[path].path)) for path in added + changed]
     operations += [CommitOperationDelete(path_in_repo=path) for path in deleted]
     summary = message or f"hubsets push: {len(added)} added, {len(changed)} changed, {len(deleted)} deleted"
+    sent.append(PushResult(repo_id, revision, added, changed, deleted,
+                           sum(local[path].size for path in added + changed), None))
     info = api.create_commit(repo_id, operations, commit_message=summary, repo_type=REPO_TYPE,
                              revision=revision, create_pr=create_pr, parent_commit=head)
-    return PushResult(repo_id, revision, added, changed, deleted,
-                      sum(local[path].size for path in added + changed), info.commit_url, info.pr_url)
+    return replace(sent[-1], commit_url=info.commit_url, pr_url=info.pr_url)

@@ -182,3 +182,69 @@ def test_push_retries_until_the_server_comes_up(tmp_path_factory, tmp_path, capl
         assert HfApi(endpoint=late.url, token=False).list_repo_files("org/late", repo_type="dataset")
     finally:
         late.stop()
+
+
+class DropCommitAnswer:
+    """A TCP proxy in front of the server that forwards everything, except that the answer to the first
+    commit request never reaches the client: the server commits, the client sees a dropped connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.dropped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            doomed = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, doomed), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, doomed), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, doomed: threading.Event) -> None:
+        with client, upstream:
+            while data := _recv(client):
+                first_line = data.split(b"\r\n", 1)[0]
+                if first_line.startswith(b"POST ") and b"/commit/" in first_line and not self.dropped.is_set():
+                    doomed.set()
+                upstream.sendall(data)
+
+    def _answers(self, upstream: socket.socket, client: socket.socket, doomed: threading.Event) -> None:
+        while data := _recv(upstream):
+            if doomed.is_set():  # the commit happened; its answer is lost with the connection
+                self.dropped.set()
+                client.shutdown(socket.SHUT_RDWR)
+                upstream.close()
+                return
+            client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(1 << 16)
+    except OSError:
+        return b""
+
+
+def test_a_commit_whose_answer_is_lost_is_reported_as_pushed(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    proxy = DropCommitAnswer(server["proc"].port)
+    try:
+        result = push(folder, "org/lost", endpoint=proxy.url, token=False)
+    finally:
+        proxy.close()
+    assert proxy.dropped.is_set()
+    api = HfApi(endpoint=server["proc"].url, token=False)
+    head = api.dataset_info("org/lost").sha
+    assert result.commit_url == f"{proxy.url}/datasets/org/lost/commit/{head}"
+    assert set(result.added) == {p.relative_to(folder).as_posix() for p in published_files(folder)}
+    assert "up to date" not in result.summary()
+    assert len(api.list_repo_commits("org/lost", repo_type="dataset")) == 2  # the repo's creation + one push
