@@ -33,9 +33,8 @@ from tqdm import tqdm
 import hubsets
 from hubsets import card, registry
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
-from hubsets.schema import ARROW_SCHEMA
 from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
-from hubsets.writer import ShardWriter, WrittenFile, describe
+from hubsets.writer import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
 
 MANIFEST = "hubsets.json"
 REJECTS = "rejects/rejects.jsonl"
@@ -299,13 +298,15 @@ def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructAr
 
 
 def _with_images(staged: pa.Table, images: pa.StructArray) -> pa.Table:
-    """The unified-schema table: image references resolved to bytes (the one copy of them the merge makes)."""
+    """The rows in the writer's schema: image references become a dictionary of the distinct images they
+    use (the one copy of the bytes the merge makes, never one per row)."""
     refs = staged.column(IMAGE_REFS).combine_chunks()
-    offsets = pc.subtract(refs.offsets, refs.offsets[0])
-    column = pa.ListArray.from_arrays(offsets, images.take(refs.flatten()),
-                                      type=ARROW_SCHEMA.field("images").type)
-    arrays = [column if name == "images" else staged.column(name) for name in ARROW_SCHEMA.names]
-    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+    flat = refs.flatten()
+    distinct = pc.unique(flat)
+    column = encoded_images(images.field("bytes").take(distinct), pc.index_in(flat, distinct),
+                            images.field("path").take(flat), pc.subtract(refs.offsets, refs.offsets[0]))
+    arrays = [column if name == "images" else staged.column(name) for name in ENCODED_SCHEMA.names]
+    return pa.Table.from_arrays(arrays, schema=ENCODED_SCHEMA)
 
 
 def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str, dict[str, list[str]]]:

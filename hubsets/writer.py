@@ -9,10 +9,16 @@ never over the viewer's 300 MB) and roll over at `max_file_bytes`. Memory is bou
 across all partitions: when the buffers together exceed it, the largest is flushed as a row group.
 Output is a deterministic function of the record sequence; files appear under their final name only
 when complete.
+
+Image bytes travel dictionary-encoded (`ENCODED_IMAGES`): each row group holds one dictionary of its
+distinct images, so an image repeated on many rows (SK-VQA's QA pairs) is never copied, hashed or chunked
+once per row. The files declare the unified schema (plain binary; written into `ARROW:schema` by hand),
+so every reader sees exactly `FEATURES`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections import deque
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hubsets.builder import Partition
@@ -32,6 +39,31 @@ MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
 STORED_AS_IS = ("images.list.element.bytes",)
 """Leaf columns written uncompressed: already-compressed media."""
+_IMAGE = ARROW_SCHEMA.field("images").type.value_type
+ENCODED_IMAGES = pa.list_(pa.struct([pa.field("bytes", pa.dictionary(pa.int32(), pa.binary())), _IMAGE.field("path")]))
+"""How the writer takes the `images` column: bytes dictionary-encoded, so an image repeated on several rows
+(SK-VQA's QA pairs) is handed over, hashed and stored once per row group. Files still declare plain binary."""
+ENCODED_SCHEMA = ARROW_SCHEMA.set(ARROW_SCHEMA.get_field_index("images"), pa.field("images", ENCODED_IMAGES))
+
+
+def encoded_images(bytes_dictionary: pa.Array, indices: pa.Array, paths: pa.Array, offsets: pa.Array) -> pa.Array:
+    """An `ENCODED_IMAGES` column: row i holds images `offsets[i]:offsets[i + 1]`, image k being
+    `bytes_dictionary[indices[k]]` (with `paths[k]`)."""
+    values = pa.StructArray.from_arrays([pa.DictionaryArray.from_arrays(indices.cast(pa.int32()), bytes_dictionary),
+                                         paths], fields=list(ENCODED_IMAGES.value_type))
+    return pa.ListArray.from_arrays(offsets, values, type=ENCODED_IMAGES)
+
+
+def _encode(table: pa.Table) -> pa.Table:
+    """`table` (unified schema, or with `ENCODED_IMAGES`) with the image bytes dictionary-encoded."""
+    if table.schema.field("images").type == ENCODED_IMAGES:
+        return table
+    lists = table.column("images").combine_chunks()
+    offsets = pc.subtract(lists.offsets, lists.offsets[0])
+    images = lists.flatten()
+    encoded = pc.dictionary_encode(images.field("bytes"))
+    column = encoded_images(encoded.dictionary, encoded.indices, images.field("path"), offsets)
+    return table.set_column(table.schema.get_field_index("images"), "images", column)
 
 
 def leaf_paths(schema: pa.Schema) -> list[str]:
@@ -78,6 +110,21 @@ class _Open:
     tmp_path: Path | None = None
 
 
+def _one_dictionary(table: pa.Table) -> pa.Table:
+    """A row group's table with a single image dictionary: distinct by value, in order of first use. The same
+    rows then give the same bytes however they were batched (tasks, partitions, worker counts), and an image
+    shared by rows of different batches is stored once. Only distinct images are hashed."""
+    lists = table.column("images").combine_chunks()
+    images = lists.flatten()
+    encoded = images.field("bytes")
+    canonical = pc.dictionary_encode(encoded.dictionary)  # equal images in different batches -> one id
+    ids = pc.take(canonical.indices, encoded.indices)
+    order = pc.unique(ids)
+    column = encoded_images(canonical.dictionary.take(order), pc.index_in(ids, order), images.field("path"),
+                            pc.subtract(lists.offsets, lists.offsets[0]))
+    return table.set_column(table.schema.get_field_index("images"), "images", column).combine_chunks()
+
+
 class ShardWriter:
     """Streams records into partitioned parquet shards under `out`.
 
@@ -88,13 +135,13 @@ class ShardWriter:
 
     _MAX_PENDING = 2
 
-    def __init__(self, out: Path, *, schema: pa.Schema = ARROW_SCHEMA, row_group_bytes: int = 64 * MB,
+    def __init__(self, out: Path, *, row_group_bytes: int = 64 * MB,
                  row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
                  buffer_bytes: int = 128 * MB) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
-        self.schema = schema
+        self.schema = ARROW_SCHEMA
         self.row_group_bytes = row_group_bytes
         self.row_group_rows = row_group_rows
         self.max_file_bytes = max_file_bytes
@@ -105,11 +152,14 @@ class ShardWriter:
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
         self._codecs = {path: "none" if path in STORED_AS_IS else "zstd" for path in leaf_paths(self.schema)}
+        self._file_metadata = {"ARROW:schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+                               **{k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}}
 
     def write(self, partition: Partition, table: pa.Table) -> None:
-        """Append rows (a table with exactly the unified schema) to `partition`."""
+        """Append rows (a table with exactly the unified schema, or with `ENCODED_IMAGES` images) to `partition`."""
         if len(table) == 0:
             return
+        table = _encode(table)
         state = self._open.get(partition)
         if state is None:
             state = self._open[partition] = _Open(partition)
@@ -161,8 +211,9 @@ class ShardWriter:
         if not state.tables:
             return
         table = pa.concat_tables(state.tables).replace_schema_metadata(self.schema.metadata)
-        if not table.schema.equals(self.schema):
+        if not table.schema.equals(ENCODED_SCHEMA):
             raise ValueError(f"rows for {state.partition} do not have the unified schema")
+        table = _one_dictionary(table)
         self._buffered -= state.nbytes
         state.tables = []
         state.rows = 0
@@ -176,7 +227,7 @@ class ShardWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             state.tmp_path = final.with_name(f".{final.name}.tmp")
             state.writer = pq.ParquetWriter(
-                state.tmp_path, self.schema, compression=self._codecs,
+                state.tmp_path, ENCODED_SCHEMA, compression=self._codecs, store_schema=False,
                 compression_level={path: 3 for path, codec in self._codecs.items() if codec == "zstd"},
                 write_page_index=True, use_content_defined_chunking=True,
                 # Dictionary-encoding image bytes stores an image once per row group however many rows
@@ -185,6 +236,8 @@ class ShardWriter:
                 dictionary_pagesize_limit=self.row_group_bytes,
                 write_statistics=["id", "dataset", "origin"],
             )
+            # the schema readers see: plain binary image bytes (the dictionary is an encoding, not a type)
+            state.writer.add_key_value_metadata(self._file_metadata)
         state.writer.write_table(table, row_group_size=len(table))
         assert state.tmp_path is not None
         if state.tmp_path.stat().st_size >= self.max_file_bytes:

@@ -85,3 +85,23 @@ def test_arrow_schema_is_the_features_schema():
     assert FEATURES.to_dict() == FEATURES_DICT
     assert ARROW_SCHEMA.equals(FEATURES.arrow_schema, check_metadata=True)
     assert ARROW_SCHEMA.metadata == FEATURES.arrow_schema.metadata
+
+
+def test_an_image_repeated_on_rows_of_different_batches_is_stored_once_as_plain_binary(tmp_path):
+    """Rows arrive in several tables (tasks, partition batches); equal images among them share one dictionary
+    entry per row group, and the file still declares plain binary bytes with the unified schema."""
+    from hubsets.schema import ARROW_SCHEMA
+
+    shared, other = os.urandom(50 * KB), os.urandom(50 * KB)
+    w = ShardWriter(tmp_path)
+    for i in range(6):  # six one-row tables: shared, other, shared, other, ...
+        w.write(Partition("train", "laion", "none"), with_image(i, shared if i % 2 == 0 else other))
+    (written,) = w.close()
+    path = tmp_path / written.path
+    schema = pq.read_schema(path)
+    assert schema.equals(ARROW_SCHEMA) and schema.metadata[b"huggingface"] == ARROW_SCHEMA.metadata[b"huggingface"]
+    column = pq.ParquetFile(path).metadata.row_group(0).column(3)
+    assert column.path_in_schema == "images.list.element.bytes" and column.has_dictionary_page
+    assert 100 * KB <= column.total_uncompressed_size < 110 * KB  # two images stored, not six
+    images = pq.read_table(path).column("images").to_pylist()
+    assert [row[0]["bytes"] for row in images] == [shared, other] * 3
