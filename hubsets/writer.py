@@ -122,7 +122,7 @@ def _one_dictionary(table: pa.Table) -> pa.Table:
     order = pc.unique(ids)
     column = encoded_images(canonical.dictionary.take(order), pc.index_in(ids, order), images.field("path"),
                             pc.subtract(lists.offsets, lists.offsets[0]))
-    return table.set_column(table.schema.get_field_index("images"), "images", column).combine_chunks()
+    return table.set_column(table.schema.get_field_index("images"), "images", column)
 
 
 class ShardWriter:
