@@ -3,12 +3,14 @@
 A task's output (accepted rows with their partition, rejects, counters) lands in
 `<out>/.hubsets-build/tasks/<key>/`, written under a temporary name and renamed when complete, so a
 folder that exists is a finished task: that is the journal a resumed build reads. The key hashes the
-builder and its version, the task, the options that change results, and the input file's size and
-mtime, so a changed input or option invalidates exactly the tasks it affects.
+builder and its version, the task, the options that change results, and the size and mtime of the input
+files it reads (its own, and any in its `READS` option), so a changed input or option invalidates exactly
+the tasks it affects.
 
 Each distinct image is staged once (`images.arrow`) and rows refer to it by index (`_images`): per-QA
 layouts such as SK-VQA repeat an image on every QA row, and copying those bytes at every step would cost
-more than checking the image. The merge materializes the final `images` column once, per partition.
+more than checking the image. The merge hands the writer a dictionary of the images each batch uses, so
+the bytes are never repeated per row.
 Staged files are uncompressed Arrow IPC: writing them is a copy, and the merge memory-maps them, so
 staging costs little next to the image check that dominates a task.
 """
@@ -208,7 +210,7 @@ class _ImageTable:
         self.path = path
         self._index: dict[tuple[int, str | None], int] = {}
         self._keep: list[bytes] = []
-        self._pending_bytes_list: list[bytes] = []
+        self._pending_data: list[bytes] = []
         self._pending_paths: list[str | None] = []
         self._pending_bytes = 0
         self._count = 0
@@ -223,7 +225,7 @@ class _ImageTable:
                 index = self._index[key] = self._count
                 self._count += 1
                 self._keep.append(image["bytes"])  # keeps id() unique while the object is indexed
-                self._pending_bytes_list.append(image["bytes"])
+                self._pending_data.append(image["bytes"])
                 self._pending_paths.append(image["path"])
                 self._pending_bytes += len(image["bytes"])
                 if self._pending_bytes >= BATCH_BYTES:
@@ -236,9 +238,9 @@ class _ImageTable:
             return
         if self._writer is None:
             self._writer = pa.ipc.new_file(str(self.path), IMAGES_SCHEMA)
-        self._writer.write_batch(pa.record_batch([pa.array(self._pending_bytes_list, pa.binary()),
+        self._writer.write_batch(pa.record_batch([pa.array(self._pending_data, pa.binary()),
                                                   pa.array(self._pending_paths, pa.string())], schema=IMAGES_SCHEMA))
-        self._pending_bytes_list, self._pending_paths, self._pending_bytes = [], [], 0
+        self._pending_data, self._pending_paths, self._pending_bytes = [], [], 0
         if len(self._index) > 4096:  # rows of one image are adjacent: old entries will not be hit again
             self._index.clear()
             self._keep.clear()

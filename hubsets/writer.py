@@ -54,18 +54,6 @@ def encoded_images(bytes_dictionary: pa.Array, indices: pa.Array, paths: pa.Arra
     return pa.ListArray.from_arrays(offsets, values, type=ENCODED_IMAGES)
 
 
-def _encode(table: pa.Table) -> pa.Table:
-    """`table` (unified schema, or with `ENCODED_IMAGES`) with the image bytes dictionary-encoded."""
-    if table.schema.field("images").type == ENCODED_IMAGES:
-        return table
-    lists = table.column("images").combine_chunks()
-    offsets = pc.subtract(lists.offsets, lists.offsets[0])
-    images = lists.flatten()
-    encoded = pc.dictionary_encode(images.field("bytes"))
-    column = encoded_images(encoded.dictionary, encoded.indices, images.field("path"), offsets)
-    return table.set_column(table.schema.get_field_index("images"), "images", column)
-
-
 def leaf_paths(schema: pa.Schema) -> list[str]:
     """Parquet's dotted paths of the leaf columns of an arrow schema (`images.list.element.bytes`)."""
     def walk(prefix: str, kind: pa.DataType) -> list[str]:
@@ -111,14 +99,19 @@ class _Open:
 
 
 def _one_dictionary(table: pa.Table) -> pa.Table:
-    """A row group's table with a single image dictionary: distinct by value, in order of first use. The same
-    rows then give the same bytes however they were batched (tasks, partitions, worker counts), and an image
-    shared by rows of different batches is stored once. Only distinct images are hashed."""
+    """`table` (unified schema, or with `ENCODED_IMAGES` images) with a single image dictionary: distinct by
+    value, in order of first use. The same rows then give the same bytes however they were batched (tasks,
+    partitions, worker counts), and an image shared by rows of different batches is stored once. Encoded input
+    has only its dictionaries (distinct images) hashed."""
     lists = table.column("images").combine_chunks()
     images = lists.flatten()
-    encoded = images.field("bytes")
-    canonical = pc.dictionary_encode(encoded.dictionary)  # equal images in different batches -> one id
-    ids = pc.take(canonical.indices, encoded.indices)
+    data = images.field("bytes")
+    if pa.types.is_dictionary(data.type):
+        canonical = pc.dictionary_encode(data.dictionary)  # equal images in different batches -> one id
+        ids = pc.take(canonical.indices, data.indices)
+    else:
+        canonical = pc.dictionary_encode(data)
+        ids = canonical.indices
     order = pc.unique(ids)
     column = encoded_images(canonical.dictionary.take(order), pc.index_in(ids, order), images.field("path"),
                             pc.subtract(lists.offsets, lists.offsets[0]))
@@ -159,7 +152,8 @@ class ShardWriter:
         """Append rows (a table with exactly the unified schema, or with `ENCODED_IMAGES` images) to `partition`."""
         if len(table) == 0:
             return
-        table = _encode(table)
+        if table.schema.field("images").type != ENCODED_IMAGES:
+            table = _one_dictionary(table)
         state = self._open.get(partition)
         if state is None:
             state = self._open[partition] = _Open(partition)
