@@ -239,9 +239,13 @@ def iter_parquet(path: Path, label: str, *, batch_rows: int = 256, row_groups: l
 
     `start`/`stop` keep only rows whose file-level index is in `[start, stop)`: batches before `start` are
     decoded by Arrow but never turned into Python objects, and reading stops at `stop`.
+
+    Binary columns (image bytes) are read dictionary-encoded: a per-QA layout repeats each image on every
+    QA row, and decoding that into a plain array would copy (and hold) every repeat.
     """
     try:
-        pf = pq.ParquetFile(path)
+        footer = pq.read_metadata(path)
+        pf = pq.ParquetFile(path, metadata=footer, read_dictionary=_binary_leaves(footer.schema))
         groups = list(range(pf.num_row_groups)) if row_groups is None else row_groups
         offsets = [0]
         for i in range(pf.num_row_groups):
@@ -275,13 +279,24 @@ def iter_parquet(path: Path, label: str, *, batch_rows: int = 256, row_groups: l
             raise SourceError(label, row, "bad_parquet", f"invalid UTF-8 in a string column: {exc}"[:200]) from None
 
 
+def _binary_leaves(schema: pq.ParquetSchema) -> list[str]:
+    """Dotted paths of the leaf columns holding raw bytes (no string/JSON logical type)."""
+    return [column.path for column in (schema.column(i) for i in range(len(schema)))
+            if column.physical_type == "BYTE_ARRAY" and str(column.logical_type) == "None"]
+
+
 def column_values(array: pa.Array) -> list[Any]:
-    """`array.to_pylist()`, except that a binary value equal to the previous row's is the same `bytes` object.
+    """`array.to_pylist()`, except that a binary value equal to the previous row's (or, dictionary-encoded, to
+    any row's) is the same `bytes` object.
 
     Per-QA layouts repeat an image's bytes on every QA row; sharing one object lets the build check each image
     once and keeps memory and pickling proportional to distinct images, not rows.
     """
     kind = array.type
+    if pa.types.is_dictionary(kind):  # only the entries this slice uses: a chunk's dictionary spans its row group
+        used = pc.unique(array.indices.drop_null())
+        distinct = dict(zip(used.to_pylist(), column_values(array.dictionary.take(used)), strict=True))
+        return [None if index is None else distinct[index] for index in array.indices.to_pylist()]
     if pa.types.is_struct(kind):
         fields = [column_values(array.field(i)) for i in range(kind.num_fields)]
         names = [kind.field(i).name for i in range(kind.num_fields)]
