@@ -112,9 +112,10 @@ def _one_dictionary(table: pa.Table) -> pa.Table:
     else:
         canonical = pc.dictionary_encode(data)
         ids = canonical.indices
-    order = pc.unique(ids)
-    column = encoded_images(canonical.dictionary.take(order), pc.index_in(ids, order), images.field("path"),
-                            pc.subtract(lists.offsets, lists.offsets[0]))
+    dictionary, order = canonical.dictionary, pc.unique(ids)
+    if len(order) != len(dictionary) or not pc.all(pc.equal(order, pa.array(range(len(order)), order.type))).as_py():
+        dictionary, ids = dictionary.take(order), pc.index_in(ids, order)  # else: already in first-use order
+    column = encoded_images(dictionary, ids, images.field("path"), pc.subtract(lists.offsets, lists.offsets[0]))
     return table.set_column(table.schema.get_field_index("images"), "images", column)
 
 
@@ -124,13 +125,17 @@ class ShardWriter:
     Row groups are assembled on the caller's thread and encoded, compressed and written on one
     background thread (pyarrow releases the GIL there), so writing overlaps with reading and image checks.
     At most `_MAX_PENDING` row groups wait for the writer thread, which keeps memory bounded.
+
+    `buffer_bytes` defaults to one row group: the writer then holds at most about three row groups (buffers,
+    the group being written, and parquet's dictionary of its images), whatever the size of the dataset. A
+    larger budget gives interleaved partitions fuller row groups, for more memory.
     """
 
-    _MAX_PENDING = 2
+    _MAX_PENDING = 1
 
     def __init__(self, out: Path, *, row_group_bytes: int = 64 * MB,
                  row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
-                 buffer_bytes: int = 128 * MB) -> None:
+                 buffer_bytes: int | None = None) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
@@ -138,7 +143,7 @@ class ShardWriter:
         self.row_group_bytes = row_group_bytes
         self.row_group_rows = row_group_rows
         self.max_file_bytes = max_file_bytes
-        self.buffer_bytes = buffer_bytes
+        self.buffer_bytes = row_group_bytes if buffer_bytes is None else buffer_bytes
         self._open: dict[Partition, _Open] = {}
         self._buffered = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
@@ -189,9 +194,12 @@ class ShardWriter:
         self._open.clear()
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._wait_for_room()
+        self._pending.append(self._io.submit(fn, *args))
+
+    def _wait_for_room(self) -> None:
         while len(self._pending) >= self._MAX_PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._io.submit(fn, *args))
 
     def _drain(self) -> None:
         while self._pending:
@@ -204,6 +212,7 @@ class ShardWriter:
     def _flush(self, state: _Open) -> None:
         if not state.tables:
             return
+        self._wait_for_room()  # before assembling: never one group being assembled while two are in memory
         table = pa.concat_tables(state.tables).replace_schema_metadata(self.schema.metadata)
         if not table.schema.equals(ENCODED_SCHEMA):
             raise ValueError(f"rows for {state.partition} do not have the unified schema")
