@@ -353,6 +353,81 @@ def test_no_file_descriptor_leak_over_epochs(toy_repo: Path, persistent: bool) -
     assert no_children_left()
 
 
+def images_by_id(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Each row's images: a view of the batch's `pixel_values` (not a copy)."""
+    starts = [0, *torch.cumsum(batch["num_images"], 0).tolist()]
+    return {row: batch["pixel_values"][a:b] for row, a, b in zip(batch["id"], starts, starts[1:], strict=False)}
+
+
+def test_batches_held_by_the_user_are_never_overwritten(toy_repo: Path) -> None:
+    """Workers decode into the shared memory of batches the user has dropped (slots.py). Batches kept (here
+    three epochs, more than the slots, and an epoch cut short) must keep their pixels."""
+    options: dict[str, Any] = {"batch_size": 8, "image_size": 16}
+    expected = {row: images.clone() for b in hubsets.loader(toy_repo, **options)
+                for row, images in images_by_id(b).items()}
+    loader = hubsets.loader(toy_repo, num_workers=2, persistent_workers=True, **options)
+    with loader:
+        held = [b for b in loader]
+        held += [b for _, b in zip(range(5), loader, strict=False)]
+        held += [b for _ in range(2) for b in loader]  # the rest of that epoch, then a whole one
+    assert sum(len(b["id"]) for b in held) == 3 * 300
+    in_slots = [b for b in held if not b["pixel_values"].is_shared()]  # the others: fresh segments, slots full
+    assert 0 < len(in_slots) < len(held)
+    for batch in held:
+        for row, images in images_by_id(batch).items():
+            assert torch.equal(images, expected[row]), row
+
+
+def test_workers_reuse_the_memory_of_dropped_batches(tmp_path: Path) -> None:
+    photo = photo_jpeg(48, 40, 3)
+    repo = simple_repo(tmp_path, 256, images=lambda i: [photo], row_group_size=32)
+    options: dict[str, Any] = {"batch_size": 8, "image_size": 16}
+    reference = next(iter(hubsets.loader(repo, **options)))["pixel_values"][0]
+    loader = hubsets.loader(repo, num_workers=2, persistent_workers=True, **options)
+    pointers: Counter[int] = Counter()
+    with loader:
+        for number in range(8):
+            for index, batch in enumerate(loader):
+                assert not batch["pixel_values"].is_shared()  # in a slot, not in a fresh segment
+                assert batch["num_images"].dtype == torch.long and batch["num_images"].tolist() == [1] * 8
+                pointers[batch["pixel_values"].data_ptr()] += 1
+                assert all(torch.equal(image, reference) for image in batch["pixel_values"])
+                if number % 2 and index == 3:  # prefetched batches are dropped: their slots come back
+                    break
+    assert sum(pointers.values()) == 4 * 32 + 4  # the last pass stops after 4 batches
+    assert len(pointers) <= 2 * loader._slot_count  # each worker's few slots, over and over
+
+
+def test_reader_reads_offsets_and_validity_off_the_buffers() -> None:
+    """Not through `to_numpy` / `pa.array`, which import pandas in every new worker; sliced arrays included."""
+    import pyarrow as pa
+
+    from hubsets.loader.reader import indices, numeric, valid
+
+    numbers = pa.array([1, None, 3, 4, None, 6, 7, 8, 9, 10], type=pa.int32()).slice(1, 8)
+    assert valid(numbers).tolist() == numbers.is_valid().to_pylist()
+    assert numeric(numbers)[valid(numbers)].tolist() == [v for v in numbers.to_pylist() if v is not None]
+    lists = pa.array([[1], None, [2, 3], [], None], type=pa.list_(pa.int8())).slice(1, 3)
+    assert numeric(lists.offsets).tolist() == lists.offsets.to_pylist()
+    assert valid(lists).tolist() == [False, True, True]
+    assert valid(pa.array([[1]]).slice(0)).tolist() == [True]
+    assert indices([3, 1, 2]).to_pylist() == [3, 1, 2] and indices([]).to_pylist() == []
+
+
+def test_shared_pixels_are_copied_when_the_batch_is_sent_on(tmp_path: Path) -> None:
+    """A batch passed to another process travels in a new segment, so the worker may reuse its slot."""
+    from multiprocessing.reduction import ForkingPickler
+
+    photo = photo_jpeg(48, 40, 3)
+    repo = simple_repo(tmp_path, 64, images=lambda i: [photo], row_group_size=32)
+    with hubsets.loader(repo, batch_size=8, image_size=16, num_workers=2, persistent_workers=True) as loader:
+        batch = next(iter(loader))
+        pixels = batch["pixel_values"]
+        pointer = pixels.data_ptr()
+        ForkingPickler.dumps(pixels)
+        assert pixels.is_shared() and pixels.data_ptr() != pointer
+
+
 @pytest.fixture(scope="module")
 def mix_repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     a = simple_repo(tmp_path_factory.mktemp("mixa"), 6000, row_group_size=250, rows_per_file=2000, dataset="alpha")

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
 
 from hubsets.images import ImageError
 from hubsets.loader.decode import DecodeOptions, decode_into
-from hubsets.loader.reader import UnitData
+from hubsets.loader.reader import UnitData, indices
+from hubsets.loader.slots import PixelRing
 
 log = logging.getLogger("hubsets.loader")
 
@@ -72,8 +72,9 @@ class Block:
 
 
 def build_block(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str], options: DecodeOptions,
-                warn: RateLimitedLog, defer: Deferred | None = None) -> Block:
-    """Decode `rows` (pairs of loaded row group and row index) into a block; bad rows are left out."""
+                warn: RateLimitedLog, defer: Deferred | None = None, ring: PixelRing | None = None) -> Block:
+    """Decode `rows` (pairs of loaded row group and row index) into a block; bad rows are left out. In a
+    worker, `ring` holds the reused shared-memory buffers the pixels are decoded into."""
     values = _python_columns(rows, [c for c in columns if c != "images"])
     bad: dict[int, str] = {}
     if "image_embedding" in values:
@@ -83,7 +84,7 @@ def build_block(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str], op
     pixels: torch.Tensor | None = None
     counts: list[int] = []
     if "images" in columns:
-        pixels, counts = _decode_images(rows, options, bad, defer)
+        pixels, counts = _decode_images(rows, options, bad, defer, ring)
     block = Block(values, pixels, counts)
     if bad:
         for index, reason in bad.items():
@@ -103,7 +104,7 @@ def _python_columns(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str]
         entry[2].append(position)
     for unit, unit_rows, positions in groups.values():
         present = [c for c in columns if c in unit.table.column_names]
-        taken = unit.table.select(present).take(pa.array(unit_rows, type=pa.int64())).to_pydict()
+        taken = unit.table.select(present).take(indices(unit_rows)).to_pydict()
         for name in present:
             target = out[name]
             for position, value in zip(positions, taken[name], strict=True):
@@ -112,10 +113,10 @@ def _python_columns(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str]
 
 
 def _decode_images(rows: Sequence[tuple[UnitData, int]], options: DecodeOptions, bad: dict[int, str],
-                   defer: Deferred | None) -> tuple[torch.Tensor, list[int]]:
+                   defer: Deferred | None, ring: PixelRing | None) -> tuple[torch.Tensor, list[int]]:
     images = [unit.images(row) for unit, row in rows]
     counts = [len(row_images) for row_images in images]
-    pixels = _new_pixels(sum(counts), options.image_size)
+    pixels = _new_pixels(sum(counts), options.image_size, ring)
     slot = 0
     for index, row_images in enumerate(images):
         for position, data in enumerate(row_images):
@@ -144,13 +145,16 @@ def _meta(value: Any, index: int, bad: dict[int, str]) -> Any:
         return None
 
 
-def _new_pixels(count: int, size: int) -> torch.Tensor:
+def _new_pixels(count: int, size: int, ring: PixelRing | None = None) -> torch.Tensor:
     """An uninitialised uint8 [count, 3, size, size] channels-last batch tensor. In a DataLoader worker it
-    is allocated in shared memory, as torch's default_collate does, so that handing the batch to the main
-    process copies nothing."""
+    is in shared memory, as torch's default_collate does, so that handing the batch to the main process
+    copies nothing: a free slot of `ring` when there is one (see slots.py), else a fresh segment."""
     shape, strides = (count, 3, size, size), (3 * size * size, 1, 3 * size, 3)
     if get_worker_info() is None or count == 0:
         return torch.empty_strided(shape, strides, dtype=torch.uint8)
+    reused = ring.pixels(shape, strides) if ring is not None else None
+    if reused is not None:
+        return reused
     storage = torch.UntypedStorage._new_shared(count * 3 * size * size)
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape, strides)
 

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from hubsets.loader import gpu, stream
 from hubsets.loader.plan import Interval, State, cut, merge_states, total, union
-from hubsets.loader.stream import META_KEY, BatchStream, Job, JobBoard, StreamSpec
+from hubsets.loader.slots import SLOT, SlotBoard
+from hubsets.loader.stream import LISTS, META_KEY, BatchStream, Job, JobBoard, StreamSpec
 
 
 def _identity(batch: Any) -> Any:
@@ -55,6 +56,14 @@ class Loader:
             "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
         }
         self._board = JobBoard(64)
+        self._reuse_pixels = (num_workers > 0 and not self._dataloader_options["pin_memory"]
+                              and spec.transform is None and not spec.gpu)
+        """Workers decode into reused shared-memory slots (slots.py). Not when a worker-side transform could
+        keep a reference to the pixels, nor with pinned memory, where a background thread copies them."""
+        self._slot_count = (prefetch_factor or 2) + 3
+        """Slots per worker: its prefetched batches (the one it builds among them), the one the user holds
+        and the one just before it (freed when the user's loop moves on), and one to spare."""
+        self._stream: BatchStream | None = None
         self._dataloader: DataLoader[dict[str, Any]] | None = None
         self._generation = 0
         self._stats: Counter[str] = Counter()
@@ -66,10 +75,19 @@ class Loader:
         self._prepare()
         self._generation += 1
         generation = self._generation
-        iterator = iter(self._get_dataloader())
+        dataloader = self._get_dataloader()
+        persistent = self._dataloader_options["persistent_workers"]
+        if self._stream is not None and (not persistent or self._stream.slots is None):
+            self._stream.slots = self._new_slots()  # workers start in `iter` below
+        slots = self._stream.slots if self._stream is not None else None
+        iterator = iter(dataloader)
         try:
             for batch in iterator:
                 meta = batch.pop(META_KEY)
+                for name in meta.get(LISTS, ()):
+                    batch[name] = torch.tensor(batch[name], dtype=torch.long)
+                if SLOT in meta and slots is not None:
+                    slots.deliver(batch, meta["worker"], meta[SLOT])
                 pending = batch.pop(gpu.PENDING_KEY, None)
                 if pending is not None:
                     batch, failed = gpu.finish(batch, pending, self._device, self._spec.decode, stream.warn)
@@ -87,10 +105,12 @@ class Loader:
             if generation == self._generation:
                 self._finished = True
         finally:
-            if not self._dataloader_options["persistent_workers"]:
+            if not persistent:
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()
+                if slots is not None:
+                    slots.clear()
             del iterator
 
     def __len__(self) -> int:
@@ -121,10 +141,15 @@ class Loader:
 
     def _get_dataloader(self) -> DataLoader[dict[str, Any]]:
         if self._dataloader is None:
-            self._dataloader = DataLoader(BatchStream(self._spec, self._board), batch_size=None,
-                                          collate_fn=_identity, worker_init_fn=_freeze_inherited_objects,
-                                          **self._dataloader_options)
+            self._stream = BatchStream(self._spec, self._board)
+            self._dataloader = DataLoader(self._stream, batch_size=None, collate_fn=_identity,
+                                          worker_init_fn=_freeze_inherited_objects, **self._dataloader_options)
         return self._dataloader
+
+    def _new_slots(self) -> SlotBoard | None:
+        """A slot table for a set of workers about to start (each set gets its own: a slot of the last set
+        may still be held by the user when the next one starts)."""
+        return SlotBoard(self._workers, self._slot_count) if self._reuse_pixels else None
 
     def _count(self, meta: dict[str, Any]) -> None:
         self._stats["rows"] += meta["rows"]
@@ -203,7 +228,10 @@ class Loader:
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+                if self._stream is not None and self._stream.slots is not None:
+                    self._stream.slots.clear()
             self._dataloader = None
+        self._stream = None
 
     def __enter__(self) -> Loader:
         return self
