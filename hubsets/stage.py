@@ -34,6 +34,7 @@ import pyarrow as pa
 from hubsets import images, registry, schema
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
+from hubsets.writer import release_unused
 
 STAGING = ".hubsets-build"
 """Under the output folder: staged task results. A dot-folder, so it is never pushed or loaded."""
@@ -187,6 +188,7 @@ def run_task(name: str, task: Task, options: Options, folder: Path) -> TaskStats
     tmp.mkdir(parents=True)
     try:
         stats = _run(builder, task, options, tmp)
+        release_unused()
         (tmp / STATS).write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
         os.replace(tmp, folder)
     except OSError as exc:
