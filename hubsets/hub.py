@@ -172,11 +172,21 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
     local = _local_files(folder)
-    sent: list[PushResult] = []
+    sent = _Sent()
     with _xet_disabled_unless_hub(api.endpoint):
         _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True), secret)
         return _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message, sent),
                              secret)
+
+
+@dataclass
+class _Sent:
+    """A commit sent whose answer never came back (a dropped connection), if any: the retry must find out
+    whether it landed rather than commit again (or open a second pull request)."""
+
+    result: PushResult | None = None
+    prs_before: frozenset[str] = frozenset()
+    """The repo's pull-request refs just before that commit was sent."""
 
 
 def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> str:
@@ -193,27 +203,48 @@ def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> st
 
 
 def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFile], revision: str,
-               create_pr: bool, message: str | None, sent: list[PushResult]) -> PushResult:
-    """Plan against the remote head and commit the difference. `sent` remembers a commit whose answer never
-    came back (a dropped connection): when the retry then finds nothing to do, that commit landed, and the
-    result reports it rather than "already up to date"."""
+               create_pr: bool, message: str | None, sent: _Sent) -> PushResult:
+    """Plan against the remote head and commit the difference. When an earlier attempt's commit went unanswered
+    and the retry finds it landed (the branch, or a pull request opened since, now matches the folder), the
+    result reports that commit rather than "already up to date" or a second pull request."""
+    if create_pr and sent.result is not None:
+        for ref, sha in _pull_requests(api, repo_id).items():
+            if ref not in sent.prs_before and not any(_plan(api, repo_id, local, sha)):
+                number = ref.removeprefix("refs/pr/")
+                return replace(sent.result, commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{sha}",
+                               pr_url=f"{api.endpoint}/datasets/{repo_id}/discussions/{number}")
     head = _remote_head(api, repo_id, revision, create_pr)
-    remote = {entry.path: entry for entry in api.list_repo_tree(repo_id, recursive=True, revision=head,
-                                                                 repo_type=REPO_TYPE)
-              if isinstance(entry, RepoFile)}
-    added = tuple(path for path in local if path not in remote)
-    changed = tuple(path for path in local if path in remote and not _unchanged(local[path], remote[path]))
-    deleted = tuple(sorted(path for path in remote if path not in local and path.startswith(OWNED_PREFIXES)))
+    added, changed, deleted = _plan(api, repo_id, local, head)
     if not (added or changed or deleted):
-        if sent and not create_pr:
-            return replace(sent[-1], commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{head}")
+        if sent.result is not None and not create_pr:
+            return replace(sent.result, commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{head}")
         return PushResult(repo_id, revision, (), (), (), 0, None)
     operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local[path].path)) for path in added + changed]
     operations += [CommitOperationDelete(path_in_repo=path) for path in deleted]
     summary = message or f"hubsets push: {len(added)} added, {len(changed)} changed, {len(deleted)} deleted"
-    sent.append(PushResult(repo_id, revision, added, changed, deleted,
-                           sum(local[path].size for path in added + changed), None))
+    sent.prs_before = frozenset(_pull_requests(api, repo_id)) if create_pr else frozenset()
+    sent.result = PushResult(repo_id, revision, added, changed, deleted,
+                             sum(local[path].size for path in added + changed), None)
     info = api.create_commit(repo_id, operations, commit_message=summary, repo_type=REPO_TYPE,
                              revision=revision, create_pr=create_pr, parent_commit=head)
-    return replace(sent[-1], commit_url=info.commit_url, pr_url=info.pr_url)
+    return replace(sent.result, commit_url=info.commit_url, pr_url=info.pr_url)
+
+
+def _plan(api: HfApi, repo_id: str, local: dict[str, _LocalFile], revision: str
+          ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Paths to add, change and delete to make `revision` match the folder (only hubsets-owned paths are
+    deleted: a maintainer's own extra files stay)."""
+    remote = {entry.path: entry for entry in api.list_repo_tree(repo_id, recursive=True, revision=revision,
+                                                                 repo_type=REPO_TYPE)
+              if isinstance(entry, RepoFile)}
+    added = tuple(path for path in local if path not in remote)
+    changed = tuple(path for path in local if path in remote and not _unchanged(local[path], remote[path]))
+    deleted = tuple(sorted(path for path in remote if path not in local and path.startswith(OWNED_PREFIXES)))
+    return added, changed, deleted
+
+
+def _pull_requests(api: HfApi, repo_id: str) -> dict[str, str]:
+    """The repo's pull-request refs (`refs/pr/N`) and the commits they point at."""
+    refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE, include_pull_requests=True)
+    return {ref.ref: ref.target_commit for ref in refs.pull_requests or []}

@@ -248,3 +248,23 @@ def test_a_commit_whose_answer_is_lost_is_reported_as_pushed(server, tmp_path_fa
     assert set(result.added) == {p.relative_to(folder).as_posix() for p in published_files(folder)}
     assert "up to date" not in result.summary()
     assert len(api.list_repo_commits("org/lost", repo_type="dataset")) == 2  # the repo's creation + one push
+
+
+def test_a_pull_request_whose_answer_is_lost_is_opened_once(server, tmp_path_factory, tmp_path):
+    """The retry finds the pull request the unanswered commit opened, instead of opening a second one."""
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    api = HfApi(endpoint=server["proc"].url, token=False)
+    api.create_repo("org/lost-pr", repo_type="dataset")
+    main_before = api.list_repo_files("org/lost-pr", repo_type="dataset")
+    proxy = DropCommitAnswer(server["proc"].port)
+    try:
+        result = push(folder, "org/lost-pr", endpoint=proxy.url, token=False, create_pr=True)
+    finally:
+        proxy.close()
+    assert proxy.dropped.is_set()
+    prs = api.list_repo_refs("org/lost-pr", repo_type="dataset", include_pull_requests=True).pull_requests
+    assert [pr.ref for pr in prs] == ["refs/pr/1"]
+    assert result.pr_url == f"{proxy.url}/datasets/org/lost-pr/discussions/1"
+    assert result.commit_url == f"{proxy.url}/datasets/org/lost-pr/commit/{prs[0].target_commit}"
+    assert api.list_repo_files("org/lost-pr", repo_type="dataset") == main_before  # the PR leaves main alone
+    assert set(result.added) == {p.relative_to(folder).as_posix() for p in published_files(folder)}
