@@ -104,10 +104,10 @@ class BatchStream(IterableDataset[dict[str, Any]]):
     """Yields this worker's batches of the posted job. `slots`: the pixel buffers shared with the main
     process (see slots.py), set by the Loader for each new set of workers; None: a fresh segment per batch."""
 
-    def __init__(self, spec: StreamSpec, board: JobBoard, slots: SlotBoard | None = None) -> None:
+    def __init__(self, spec: StreamSpec, board: JobBoard) -> None:
         self.spec = spec
         self.board = board
-        self.slots = slots
+        self.slots: SlotBoard | None = None
         self._ring: PixelRing | None = None
         """This worker's side of `slots`, made in the worker and kept across its passes."""
 
