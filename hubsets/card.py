@@ -15,7 +15,7 @@ import yaml
 
 from hubsets import resources
 from hubsets.builder import Builder
-from hubsets.schema import FEATURES
+from hubsets.schema import FEATURES_YAML
 
 SIZE_BUCKETS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                 (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
@@ -46,7 +46,7 @@ def metadata(builder: Builder, manifest: Mapping[str, Any]) -> dict[str, Any]:
             for name, c in configs.items() if c["data_files"]
         ],
         "dataset_info": [
-            {"config_name": name, "features": FEATURES._to_yaml_list(),
+            {"config_name": name, "features": FEATURES_YAML,
              "splits": [{"name": split, "num_bytes": c["split_bytes"][split], "num_examples": rows}
                         for split, rows in c["splits"].items()],
              "dataset_size": sum(c["split_bytes"].values())}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -252,3 +254,15 @@ def test_image_rows_split_across_shards_keep_counting(tmp_path, with_ids, layout
         indexes.setdefault(key, []).append(int(index))
     assert sorted(map(sorted, indexes.values()), key=len) == [[0, 1], [0, 1, 2], list(range(7))]
     assert validate_folder(out) == []
+
+
+def test_a_build_never_imports_datasets(skvqa_parquet_source, tmp_path):
+    """`datasets` costs half a second to import, more than the whole image check of a small input; the card's
+    features are spelled out (`FEATURES_YAML`) so that neither the build nor its workers pay it."""
+    script = ("import sys; from pathlib import Path; from hubsets.build import build; from hubsets.builder import "
+              "Options; build('skvqa', Options(source=Path(sys.argv[1])), Path(sys.argv[2]), progress=False); "
+              "print('datasets' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(skvqa_parquet_source), str(tmp_path / "out")],
+                          capture_output=True, text=True, check=True)
+    assert (tmp_path / "out" / "README.md").is_file()
+    assert done.stdout.strip() == "False"

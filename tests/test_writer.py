@@ -80,9 +80,10 @@ def test_abort_leaves_nothing_that_looks_finished(tmp_path):
 
 def test_arrow_schema_is_the_features_schema():
     """Workers use the pyarrow spelling (no `datasets` import); it must be exactly what `datasets` derives."""
-    from hubsets.schema import ARROW_SCHEMA, FEATURES_DICT
+    from hubsets.schema import ARROW_SCHEMA, FEATURES_DICT, FEATURES_YAML
 
     assert FEATURES.to_dict() == FEATURES_DICT
+    assert FEATURES._to_yaml_list() == FEATURES_YAML
     assert ARROW_SCHEMA.equals(FEATURES.arrow_schema, check_metadata=True)
     assert ARROW_SCHEMA.metadata == FEATURES.arrow_schema.metadata
 
