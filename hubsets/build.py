@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 import hubsets
-from hubsets import card, registry
+from hubsets import card, pylist, registry
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
 from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
 from hubsets.writer import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
@@ -292,7 +292,7 @@ def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructAr
         groups[Partition(split[index], origin[index], sig[index])].append(index)
     table = pa.Table.from_batches([batch])
     for partition, indices in groups.items():
-        part = table if len(indices) == len(ids) else table.take(pa.array(indices, type=pa.int64()))
+        part = table if len(indices) == len(ids) else table.take(pylist.array(indices, pa.int64()))
         writer.write(partition, _with_images(part, images))
     return duplicates
 

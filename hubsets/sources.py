@@ -310,7 +310,7 @@ def column_values(array: pa.Array) -> list[Any]:
         return [flat[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]] if ok else None for i, ok in enumerate(valid)]
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)) or len(array) < 2:
         return array.to_pylist()
-    same = pc.fill_null(pc.equal(array[1:], array[:-1]), False).to_pylist()
+    same = pc.equal(array[1:], array[:-1]).to_pylist()  # null (either side null) counts as different
     values: list[Any] = [array[0].as_py()]
     for i, repeat in enumerate(same, start=1):
         values.append(values[-1] if repeat else array[i].as_py())

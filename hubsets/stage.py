@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hubsets import images, registry, schema
+from hubsets import images, pylist, registry, schema
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
 from hubsets.writer import release_unused
@@ -125,7 +125,7 @@ class Staging:
         the merge copies each image's bytes once, into the shard it writes)."""
         path = self.path(key) / IMAGES
         if not path.is_file():
-            return pa.array([], type=IMAGE_TYPE)
+            return pylist.array([], IMAGE_TYPE)
         table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         return pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
                                           fields=list(IMAGE_TYPE))
@@ -240,8 +240,9 @@ class _ImageTable:
             return
         if self._writer is None:
             self._writer = pa.ipc.new_file(str(self.path), IMAGES_SCHEMA)
-        self._writer.write_batch(pa.record_batch([pa.array(self._pending_data, pa.binary()),
-                                                  pa.array(self._pending_paths, pa.string())], schema=IMAGES_SCHEMA))
+        self._writer.write_batch(pylist.record_batch(
+            [{"bytes": data, "path": path} for data, path in zip(self._pending_data, self._pending_paths, strict=True)],
+            IMAGES_SCHEMA))
         self._pending_data, self._pending_paths, self._pending_bytes = [], [], 0
         if len(self._index) > 4096:  # rows of one image are adjacent: old entries will not be hit again
             self._index.clear()
@@ -269,7 +270,7 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
             return
         if writer is None:
             writer = pa.ipc.new_file(str(tmp / ROWS), STAGED_SCHEMA)
-        writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=STAGED_SCHEMA))
+        writer.write_batch(pylist.record_batch(rows, STAGED_SCHEMA))
         rows.clear()
 
     try:

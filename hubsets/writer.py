@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hubsets import pylist
 from hubsets.builder import Partition
 from hubsets.schema import ARROW_SCHEMA
 
@@ -117,20 +119,22 @@ def _one_dictionary(table: pa.Table) -> pa.Table:
     if pa.types.is_dictionary(data[0].type):
         values, positions, base = [d.dictionary for d in data], [], 0
         for d in data:  # the indices into all chunks' dictionaries laid end to end
-            positions.append(pc.add(d.indices, pa.scalar(base, d.indices.type)))
+            indices = pylist.to_numpy(d.indices)
+            positions.append(pylist.from_numpy(np.add(indices, base, dtype=indices.dtype)))
             base += len(d.dictionary)
     else:
         values, positions = data, []
     encoded = pc.dictionary_encode(pa.chunked_array(values, type=pa.binary()))  # one dictionary shared by all chunks
-    codes = pa.concat_arrays([e.indices for e in encoded.chunks] or [pa.array([], pa.int32())])
+    codes = pa.concat_arrays([e.indices for e in encoded.chunks] or [pylist.array([], pa.int32())])
     ids = pc.take(codes, pa.concat_arrays(positions)) if positions else codes
-    dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], pa.binary())
+    dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pylist.array([], pa.binary())
     order = pc.unique(ids)
     if len(order) != len(dictionary) or (len(order) > 1 and not pc.all(pc.less(order[:-1], order[1:])).as_py()):
         dictionary, ids = dictionary.take(order), pc.index_in(ids, order)  # else: already in first-use order
-    starts, offsets = 0, [pa.array([0], pa.int32())]
+    starts, offsets = 0, [pylist.array([0], pa.int32())]
     for chunk, piece in zip(lists, images, strict=True):  # each chunk's list offsets, shifted past the ones before
-        offsets.append(pc.add(pc.subtract(chunk.offsets[1:], chunk.offsets[0]), pa.scalar(starts, pa.int32())))
+        shifts = pylist.to_numpy(chunk.offsets[1:])
+        offsets.append(pylist.from_numpy(np.subtract(shifts, chunk.offsets[0].as_py() - starts, dtype=shifts.dtype)))
         starts += len(piece)
     column = encoded_images(dictionary, ids, pa.concat_arrays([piece.field("path") for piece in images]),
                             pa.concat_arrays(offsets))

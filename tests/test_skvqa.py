@@ -256,13 +256,13 @@ def test_image_rows_split_across_shards_keep_counting(tmp_path, with_ids, layout
     assert validate_folder(out) == []
 
 
-def test_a_build_never_imports_datasets(skvqa_parquet_source, tmp_path):
-    """`datasets` costs half a second to import, more than the whole image check of a small input; the card's
-    features are spelled out (`FEATURES_YAML`) so that neither the build nor its workers pay it."""
+def test_a_build_never_imports_datasets_or_pandas(skvqa_parquet_source, tmp_path):
+    """Each costs half a second to import, more than the whole image check of a small input: the card's features
+    are spelled out (`FEATURES_YAML`) and Arrow arrays are built without pyarrow's pandas shim (`hubsets.pylist`)."""
     script = ("import sys; from pathlib import Path; from hubsets.build import build; from hubsets.builder import "
               "Options; build('skvqa', Options(source=Path(sys.argv[1])), Path(sys.argv[2]), progress=False); "
-              "print('datasets' in sys.modules)")
+              "print(sorted({'datasets', 'pandas'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", script, str(skvqa_parquet_source), str(tmp_path / "out")],
                           capture_output=True, text=True, check=True)
     assert (tmp_path / "out" / "README.md").is_file()
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "[]"
