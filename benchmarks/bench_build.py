@@ -14,6 +14,7 @@ look like); `jsonl` = per-image rows with a QA list and image files on disk.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -76,6 +77,33 @@ def check_only(data: list[bytes]) -> float:
     return time.perf_counter() - t
 
 
+def required_io(src: Path, out: Path) -> float:
+    """CPU seconds of the I/O any build of a parquet input must do, with no per-row work at all: read the images
+    (dictionary pages, as the builder does), write them to parquet as the writer does (content-defined chunking,
+    page index, stored uncompressed), and sha256 the result for the manifest. The build/check ratio cannot exceed
+    check / (check + this)."""
+    from hubsets.sources import _binary_leaves
+
+    start = time.process_time()
+    out.mkdir(parents=True)
+    for i, path in enumerate(sorted((src / "data").glob("*.parquet"))):
+        pf = pq.ParquetFile(path, read_dictionary=_binary_leaves(pq.read_metadata(path).schema))
+        groups = [pf.read_row_group(g, columns=["image"]) for g in range(pf.num_row_groups)]
+        with pq.ParquetWriter(out / f"{i}.parquet", groups[0].schema, compression="none", write_page_index=True,
+                              use_dictionary=["image.bytes"], use_content_defined_chunking=True,
+                              dictionary_pagesize_limit=1 << 30) as writer:
+            for group in groups:
+                writer.write_table(group)
+        del groups
+        digest = hashlib.sha256()
+        with open(out / f"{i}.parquet", "rb") as f:
+            while chunk := f.read(4 << 20):
+                digest.update(chunk)
+    seconds = time.process_time() - start
+    shutil.rmtree(out)
+    return seconds
+
+
 def check_in_two_processes(data: list[bytes]) -> float:
     """Wall time of the check alone split over two processes: the most a 2-worker build can gain on this machine
     (on shared VMs two vCPUs often share one core's SIMD units, and libjpeg-turbo's decode gains little)."""
@@ -100,6 +128,10 @@ def run_build(src: Path, out: Path, workers: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _ceiling(r: dict) -> str:
+    return "n/a" if r["io_cpu_s"] is None else f"{r['check_cpu_s'] / (r['check_cpu_s'] + r['io_cpu_s']):.2f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, nargs="+", default=[2000, 20000])
@@ -119,10 +151,13 @@ def main() -> None:
                 check = statistics.median(check_only(data) for _ in range(args.repeats))
                 check_cpu = statistics.median(_cpu_of(check_only, data) for _ in range(args.repeats))
                 check2 = statistics.median(check_in_two_processes(data) for _ in range(args.repeats))
+                io = (statistics.median(required_io(src, Path(tmp) / "io") for _ in range(args.repeats))
+                      if layout == "parquet" else None)
                 one = [run_build(src, Path(tmp) / f"out-{rows}-1-{i}", 1) for i in range(args.repeats)]
                 two = [run_build(src, Path(tmp) / f"out-{rows}-2-{i}", 2) for i in range(args.repeats)]
                 results[(layout, rows)] = {
                     "images": n_images, "mb": sum(map(len, data)) / 1e6, "check_s": check, "check2_s": check2,
+                    "io_cpu_s": io,
                     "check_cpu_s": check_cpu, "build1_cpu_s": statistics.median(r["cpu_seconds"] for r in one),
                     "build1_s": statistics.median(r["seconds"] for r in one),
                     "build2_s": statistics.median(r["seconds"] for r in two),
@@ -134,17 +169,20 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"{'layout':>7} {'rows':>7} {'images':>7} {'MB':>7} | {'check img/s':>11} {'build img/s':>11} "
           f"{'rows/s':>8} {'MB/s':>6} {'build/check':>11} {'CPU ratio':>9} | {'2w img/s':>8} {'speed-up':>8} | "
-          f"{'RSS 1w MB':>9} {'RSS 2w MB':>9} | {'check 2p':>8}")
+          f"{'RSS 1w MB':>9} {'RSS 2w MB':>9} | {'check 2p':>8} {'I/O ceiling':>11}")
     for (layout, rows), r in results.items():
         check_rate, build_rate = r["images"] / r["check_s"], r["images"] / r["build1_s"]
         print(f"{layout:>7} {rows:>7} {r['images']:>7} {r['mb']:>7.1f} | {check_rate:>11.0f} {build_rate:>11.0f} "
               f"{rows / r['build1_s']:>8.0f} {r['mb'] / r['build1_s']:>6.1f} {build_rate / check_rate:>11.2f} "
               f"{r['check_cpu_s'] / r['build1_cpu_s']:>9.2f} | "
               f"{r['images'] / r['build2_s']:>8.0f} {r['build1_s'] / r['build2_s']:>8.2f} | "
-              f"{r['rss1_mb']:>9.0f} {r['rss2_mb']:>9.0f} | {r['check_s'] / r['check2_s']:>7.2f}x")
+              f"{r['rss1_mb']:>9.0f} {r['rss2_mb']:>9.0f} | {r['check_s'] / r['check2_s']:>7.2f}x "
+              f"{_ceiling(r):>11}")
     print("build/check: wall-clock rates; CPU ratio: CPU seconds of the check alone / CPU seconds of the whole "
           "1-worker build (all its threads and processes), i.e. the share of the build's work that is the check;\n"
-          "check 2p: the check alone split over 2 processes vs 1, the ceiling of a 2-worker speed-up on this machine")
+          "check 2p: the check alone split over 2 processes vs 1, the ceiling of a 2-worker speed-up on this machine;\n"
+          "I/O ceiling: check CPU / (check CPU + CPU of reading, writing and hashing the same images, nothing else),\n"
+          "the highest CPU ratio any build could reach")
     for layout in args.layout:
         sizes = sorted(rows for (lay, rows) in results if lay == layout)
         if len(sizes) >= 2:
