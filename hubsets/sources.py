@@ -294,9 +294,10 @@ def column_values(array: pa.Array) -> list[Any]:
     """
     kind = array.type
     if pa.types.is_dictionary(kind):  # only the entries this slice uses: a chunk's dictionary spans its row group
-        used = pc.unique(array.indices.drop_null())
-        distinct = dict(zip(used.to_pylist(), column_values(array.dictionary.take(used)), strict=True))
-        return [None if index is None else distinct[index] for index in array.indices.to_pylist()]
+        indices = array.indices.to_pylist()
+        dictionary = array.dictionary
+        distinct = {index: dictionary[index].as_py() for index in set(indices) if index is not None}
+        return [None if index is None else distinct[index] for index in indices]
     if pa.types.is_struct(kind):
         fields = [column_values(array.field(i)) for i in range(kind.num_fields)]
         names = [kind.field(i).name for i in range(kind.num_fields)]
