@@ -47,6 +47,8 @@ STAGED_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS]
                           + [f for f in schema.ARROW_SCHEMA if f.name != "images"])
 IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
 BATCH_BYTES = 32 * 1024 * 1024
+RECENT_IMAGES = 64
+"""Images a task remembers by identity: enough for adjacent rows, and the memory of 64 images, not of a task's."""
 FORMAT = 3
 """Version of the staged layout; part of every task key, so a hubsets upgrade never reuses old stages."""
 
@@ -210,8 +212,8 @@ class _ImageTable:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._index: dict[tuple[int, str | None], int] = {}
-        self._keep: list[bytes] = []
+        self._recent: dict[tuple[int, str | None], tuple[int, bytes]] = {}
+        """The latest images by identity, with the object itself (so its `id()` is not reused while indexed)."""
         self._pending_data: list[bytes] = []
         self._pending_paths: list[str | None] = []
         self._pending_bytes = 0
@@ -222,11 +224,15 @@ class _ImageTable:
         out = []
         for image in images:
             key = (id(image["bytes"]), image["path"])
-            index = self._index.get(key)
-            if index is None:
-                index = self._index[key] = self._count
+            seen = self._recent.get(key)
+            if seen is not None:
+                index = seen[0]
+            else:
+                index = self._count
                 self._count += 1
-                self._keep.append(image["bytes"])  # keeps id() unique while the object is indexed
+                self._recent[key] = (index, image["bytes"])
+                if len(self._recent) > RECENT_IMAGES:  # rows of one image are adjacent: the oldest is done
+                    del self._recent[next(iter(self._recent))]
                 self._pending_data.append(image["bytes"])
                 self._pending_paths.append(image["path"])
                 self._pending_bytes += len(image["bytes"])
@@ -244,9 +250,6 @@ class _ImageTable:
             [{"bytes": data, "path": path} for data, path in zip(self._pending_data, self._pending_paths, strict=True)],
             IMAGES_SCHEMA))
         self._pending_data, self._pending_paths, self._pending_bytes = [], [], 0
-        if len(self._index) > 4096:  # rows of one image are adjacent: old entries will not be hit again
-            self._index.clear()
-            self._keep.clear()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -6,9 +6,11 @@ for encoded image bytes: JPEG/PNG/WebP do not compress, and zstd would only cost
 decompression pass over them), a page index and content-defined chunking (so the Hub's chunk dedup
 shares bytes across revisions), row groups sized for images (`row_group_bytes` of uncompressed data,
 never over the viewer's 300 MB) and roll over at `max_file_bytes`. Memory is bounded by `buffer_bytes`
-across all partitions: when the buffers together exceed it, the largest is flushed as a row group.
-Output is a deterministic function of the record sequence; files appear under their final name only
-when complete.
+across all partitions: when the buffers together exceed it, the largest is spilled to a temporary Arrow stream
+on disk, and read back when its partition has a full row group. Row groups therefore reach `row_group_bytes`
+however many partitions the records interleave (SK-VQA has one per origin and filter signature), and where
+they end depends on the records alone, never on the memory budget. Output is a deterministic function of the
+record sequence; files appear under their final name only when complete.
 
 Image bytes travel dictionary-encoded (`ENCODED_IMAGES`): each row group holds one dictionary of its
 distinct images, so an image repeated on many rows (SK-VQA's QA pairs) is never copied, hashed or chunked
@@ -21,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +42,8 @@ from hubsets.schema import ARROW_SCHEMA
 
 MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
+SPILL = ".hubsets-spill"
+"""Under the output folder while writing: partitions' spilled rows (a dot-folder: never pushed or loaded)."""
 STORED_AS_IS = ("images.list.element.bytes",)
 """Leaf columns written uncompressed: already-compressed media."""
 _IMAGE = ARROW_SCHEMA.field("images").type.value_type
@@ -100,8 +105,14 @@ def sha256_file(path: Path) -> str:
 class _Open:
     partition: Partition
     tables: list[pa.Table] = field(default_factory=list)
-    rows: int = 0
+    """Rows in memory, after the spilled ones."""
     nbytes: int = 0
+    """Of `tables`: what counts against the memory budget."""
+    rows: int = 0
+    size: int = 0
+    """Rows and bytes of the next row group: spilled and in memory."""
+    spill: pa.ipc.RecordBatchStreamWriter | None = None
+    spill_path: Path | None = None
     file_index: int = 0
     writer: pq.ParquetWriter | None = None
     tmp_path: Path | None = None
@@ -148,9 +159,10 @@ class ShardWriter:
     background thread (pyarrow releases the GIL there), so writing overlaps with reading and image checks.
     At most `_MAX_PENDING` row groups wait for the writer thread, which keeps memory bounded.
 
-    `buffer_bytes` defaults to one row group: the writer then holds at most about three row groups (buffers,
-    the group being written, and parquet's dictionary of its images), whatever the size of the dataset. A
-    larger budget gives interleaved partitions fuller row groups, for more memory.
+    `buffer_bytes` defaults to a quarter of a row group: partitions spill (`SPILL`, under `out`) beyond it, so the
+    writer holds the buffers, the group being assembled or written, and parquet's own copy of that group's
+    image dictionary: about four row groups whatever the size of the dataset. A larger budget spills less, for
+    more memory; the files are the same either way.
     """
 
     _MAX_PENDING = 1
@@ -165,9 +177,12 @@ class ShardWriter:
         self.row_group_bytes = row_group_bytes
         self.row_group_rows = row_group_rows
         self.max_file_bytes = max_file_bytes
-        self.buffer_bytes = row_group_bytes if buffer_bytes is None else buffer_bytes
+        self.buffer_bytes = row_group_bytes // 4 if buffer_bytes is None else buffer_bytes
         self._open: dict[Partition, _Open] = {}
         self._buffered = 0
+        self._spills = 0
+        self._spill_dir: Path | None = None
+        shutil.rmtree(out / SPILL, ignore_errors=True)  # left by a writer that was killed
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
@@ -187,12 +202,13 @@ class ShardWriter:
         size = table.nbytes
         state.tables.append(table)
         state.rows += len(table)
+        state.size += size
         state.nbytes += size
         self._buffered += size
-        if state.nbytes >= self.row_group_bytes or state.rows >= self.row_group_rows:
+        if state.size >= self.row_group_bytes or state.rows >= self.row_group_rows:
             self._flush(state)
         while self._buffered > self.buffer_bytes:
-            self._flush(max(self._open.values(), key=lambda s: s.nbytes))
+            self._spill(max(self._open.values(), key=lambda s: s.nbytes))
 
     def close(self) -> list[WrittenFile]:
         """Flush everything, finish all files, and return them sorted by path."""
@@ -202,6 +218,7 @@ class ShardWriter:
         self._drain()
         self._io.shutdown()
         self._open.clear()
+        self._remove_spills()
         self.files.sort(key=lambda f: f.path)
         return self.files
 
@@ -209,11 +226,19 @@ class ShardWriter:
         """Drop unfinished files (their temp names never look finished)."""
         self._io.shutdown(cancel_futures=True)
         for state in self._open.values():
+            if state.spill is not None:
+                state.spill.close()
             if state.writer is not None:
                 state.writer.close()
             if state.tmp_path is not None:
                 state.tmp_path.unlink(missing_ok=True)
         self._open.clear()
+        self._remove_spills()
+
+    def _remove_spills(self) -> None:
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._wait_for_room()
@@ -231,17 +256,45 @@ class ShardWriter:
         p = state.partition
         return self.out / p.directory / f"{p.split}-{state.file_index:05d}.parquet"
 
+    def _spill(self, state: _Open) -> None:
+        """Move a partition's buffered rows to its spill stream (each batch keeps its own image dictionary)."""
+        if state.spill is None:
+            if self._spill_dir is None:
+                self._spill_dir = self.out / SPILL
+                self._spill_dir.mkdir(parents=True)
+            self._spills += 1
+            state.spill_path = self._spill_dir / f"{self._spills}.arrows"
+            state.spill = pa.ipc.new_stream(str(state.spill_path), ENCODED_SCHEMA)
+        for table in state.tables:
+            state.spill.write_table(table)
+        self._buffered -= state.nbytes
+        state.tables = []
+        state.nbytes = 0
+
+    def _unspill(self, state: _Open) -> list[pa.Table]:
+        """The partition's spilled rows, read back into memory; the stream's file is gone afterwards."""
+        if state.spill is None or state.spill_path is None:
+            return []
+        state.spill.close()
+        with pa.OSFile(str(state.spill_path)) as f:
+            spilled = pa.ipc.open_stream(f).read_all()
+        state.spill_path.unlink()
+        state.spill, state.spill_path = None, None
+        return [spilled]
+
     def _flush(self, state: _Open) -> None:
-        if not state.tables:
+        if not state.rows:
             return
         self._wait_for_room()  # before assembling: never one group being assembled while two are in memory
-        table = pa.concat_tables(state.tables).replace_schema_metadata(self.schema.metadata)
+        tables = [*self._unspill(state), *state.tables]
+        table = pa.concat_tables(tables).replace_schema_metadata(self.schema.metadata)
         if not table.schema.equals(ENCODED_SCHEMA):
             raise ValueError(f"rows for {state.partition} do not have the unified schema")
         table = _one_dictionary(table)
         self._buffered -= state.nbytes
         state.tables = []
         state.rows = 0
+        state.size = 0
         state.nbytes = 0
         self._submit(self._write_group, state, table)
 

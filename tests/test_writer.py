@@ -60,6 +60,47 @@ def test_buffers_stay_within_budget(tmp_path):
     assert sum(f.rows for f in w.close()) == 200
 
 
+def test_interleaved_partitions_get_full_row_groups_whatever_the_memory_budget(tmp_path):
+    """A budget smaller than one row group spills partitions to disk instead of cutting their row groups short,
+    so the files are byte for byte those of an unbounded budget; nothing spilled is left behind."""
+    tables = [with_image(i, bytes([i % 251]) * (10 * KB)) for i in range(120)]
+    partitions = [Partition("train", "laion", ["ir", "cap", "ir_cap", "none"][i % 4]) for i in range(120)]
+
+    def run(out, buffer_bytes):
+        w = ShardWriter(out, row_group_bytes=100 * KB, buffer_bytes=buffer_bytes)
+        peak = 0
+        for partition, table in zip(partitions, tables, strict=True):
+            w.write(partition, table)
+            peak = max(peak, w._buffered)
+        assert peak <= buffer_bytes + tables[0].nbytes
+        files = w.close()
+        assert not list(out.rglob("*.arrows")) and not (out / ".hubsets-spill").exists()
+        return files
+
+    spilled, unbounded = run(tmp_path / "spilled", 25 * KB), run(tmp_path / "unbounded", 10_000 * KB)
+    assert [(f.path, f.sha256) for f in spilled] == [(f.path, f.sha256) for f in unbounded]
+    for f in spilled:
+        footer = pq.read_metadata(tmp_path / "spilled" / f.path)
+        sizes = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
+        assert sizes == [10, 10, 10]  # 30 rows of ~10 KB per partition: row groups of 100 KB, none cut short
+    ids = pq.read_table(tmp_path / "spilled" / "data/laion/ir/train-00000.parquet", columns=["id"]).column("id")
+    assert ids.to_pylist() == [f"skvqa/laion/{i}/0" for i in range(0, 120, 4)]
+
+
+def test_a_killed_writers_spill_is_removed_by_the_next(tmp_path):
+    w = ShardWriter(tmp_path, row_group_bytes=100 * KB, buffer_bytes=15 * KB)
+    for i in range(6):
+        w.write(Partition("train", "laion", ["ir", "none"][i % 2]), rec(i))
+    assert list((tmp_path / ".hubsets-spill").iterdir())  # as a killed build would leave it
+    ShardWriter(tmp_path)
+    assert not (tmp_path / ".hubsets-spill").exists()
+    w = ShardWriter(tmp_path, row_group_bytes=100 * KB, buffer_bytes=15 * KB)
+    for i in range(6):
+        w.write(Partition("train", "laion", ["ir", "none"][i % 2]), rec(i))
+    w.abort()
+    assert not (tmp_path / ".hubsets-spill").exists() and not list(tmp_path.rglob("*.parquet"))
+
+
 def test_output_is_deterministic(tmp_path):
     def run(out):
         w = ShardWriter(out, row_group_bytes=50 * KB)
