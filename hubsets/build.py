@@ -272,7 +272,7 @@ def _reject_summary(entry: dict[str, Any]) -> dict[str, Any]:
             "file": entry["file"] if entry["row"] is None else None}
 
 
-def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructArray,
+def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.Table,
                  seen: _SeenIds) -> list[dict[str, Any]]:
     """Route one staged batch to its partitions; returns reject entries for duplicate ids."""
     ids = batch.column("id").to_pylist()
@@ -291,22 +291,34 @@ def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.StructAr
     for index in keep:
         groups[Partition(split[index], origin[index], sig[index])].append(index)
     table = pa.Table.from_batches([batch])
+    window, low = _window(images, batch)
     for partition, indices in groups.items():
         part = table if len(indices) == len(ids) else table.take(pylist.array(indices, pa.int64()))
-        writer.write(partition, _with_images(part, images))
+        writer.write(partition, _with_images(part, window, low))
     return duplicates
 
 
-def _with_images(staged: pa.Table, images: pa.StructArray) -> pa.Table:
+def _with_images(staged: pa.Table, window: pa.StructArray, low: int) -> pa.Table:
     """The rows in the writer's schema: image references become a dictionary of the distinct images they
-    use (the one copy of the bytes the merge makes, never one per row)."""
+    use (the one copy of the bytes the merge makes, never one per row). `window` holds the staged images
+    from index `low` on (`_window`)."""
     refs = staged.column(IMAGE_REFS).combine_chunks()
-    flat = refs.flatten()
+    flat = pylist.from_numpy(pylist.to_numpy(refs.flatten()) - low)
     distinct = pc.unique(flat)
-    column = encoded_images(images.field("bytes").take(distinct), pc.index_in(flat, distinct),
-                            images.field("path").take(flat), pc.subtract(refs.offsets, refs.offsets[0]))
+    column = encoded_images(window.field("bytes").take(distinct), pc.index_in(flat, distinct),
+                            window.field("path").take(flat), pc.subtract(refs.offsets, refs.offsets[0]))
     arrays = [column if name == "images" else staged.column(name) for name in ENCODED_SCHEMA.names]
     return pa.Table.from_arrays(arrays, schema=ENCODED_SCHEMA)
+
+
+def _window(images: pa.Table, batch: pa.RecordBatch) -> tuple[pa.StructArray, int]:
+    """The staged images a batch refers to, from its lowest reference to its highest, as one array, and the
+    lowest. A batch's images are adjacent in the staged file, so this reads those images alone (often without a
+    copy, from one memory-mapped chunk) instead of combining every image of the task into memory."""
+    refs = pylist.to_numpy(batch.column(IMAGE_REFS).flatten())
+    low, high = (int(refs.min()), int(refs.max()) + 1) if len(refs) else (0, 0)
+    window = images.slice(low, high - low).combine_chunks().to_struct_array()
+    return (window.chunk(0) if window.num_chunks == 1 else window.combine_chunks()), low
 
 
 def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str, dict[str, list[str]]]:

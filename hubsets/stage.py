@@ -122,15 +122,13 @@ class Staging:
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i)
 
-    def images(self, key: str) -> pa.StructArray:
-        """The task's distinct images as one struct<bytes, path> array, indexed by `_images` (read from the
-        memory-mapped staged file in one copy: taking from its chunks directly measured slower)."""
+    def images(self, key: str) -> pa.Table:
+        """The task's distinct images (`bytes`, `path` columns), indexed by `_images`: memory-mapped and never
+        combined, so the merge copies only the images a batch uses (`hubsets.build._window`)."""
         path = self.path(key) / IMAGES
         if not path.is_file():
-            return pylist.array([], IMAGE_TYPE)
-        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-        return pa.StructArray.from_arrays([table.column(n).combine_chunks() for n in table.column_names],
-                                          fields=list(IMAGE_TYPE))
+            return IMAGES_SCHEMA.empty_table()
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
     def rejects(self, key: str) -> Iterator[str]:
         with open(self.path(key) / REJECTS, encoding="utf-8") as f:
