@@ -134,8 +134,11 @@ def _cpu_of(fn: Callable[[list[bytes]], float], data: list[bytes]) -> float:
 
 
 def run_build(src: Path, out: Path, workers: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers)], capture_output=True, text=True,
-                       check=True)
+    """One build in a fresh process; its output is deleted afterwards (a 60k-row build writes ~5 GB)."""
+    r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers)], capture_output=True, text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    if r.returncode:
+        raise SystemExit(f"build of {src} with {workers} worker(s) failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -181,6 +184,7 @@ def main() -> None:
                     "rss1_mb": statistics.median(r["peak_rss_kb"] for r in one) / 1024,
                     "rss2_mb": statistics.median(r["peak_rss_kb"] for r in two) / 1024,
                 }
+                print(f"{layout} {rows}: {json.dumps(results[(layout, rows)])}", file=sys.stderr, flush=True)
                 if args.inputs is None:
                     shutil.rmtree(src)
     print(f"\nSK-VQA build benchmark: {args.qa} QA per image, {args.size} JPEG (PNG every 5th), "

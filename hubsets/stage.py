@@ -215,6 +215,9 @@ class _ImageTable:
         self._pending_data: list[bytes] = []
         self._pending_paths: list[str | None] = []
         self._pending_bytes = 0
+        self.staged_bytes = 0
+        """Bytes of all the images staged so far: the merge reads a batch's new images in one piece, so they count
+        towards the batch's size."""
         self._count = 0
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
 
@@ -234,6 +237,7 @@ class _ImageTable:
                 self._pending_data.append(image["bytes"])
                 self._pending_paths.append(image["path"])
                 self._pending_bytes += len(image["bytes"])
+                self.staged_bytes += len(image["bytes"])
                 if self._pending_bytes >= BATCH_BYTES:
                     self.flush()
             out.append(index)
@@ -292,11 +296,13 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
                     stats.extra.update(record_stats(record))
                 row = dict(record)
                 row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
+                staged_bytes = images.staged_bytes
                 row[IMAGE_REFS] = images.refs(record["images"])
                 row["_split"], row["_origin"] = partition.split, partition.origin
                 row["_signature"] = partition.signature
                 rows.append(row)
                 pending += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
+                pending += images.staged_bytes - staged_bytes
                 if record["image_embedding"] is not None:
                     pending += len(record["image_embedding"]["data"])
                 if pending >= BATCH_BYTES or len(rows) >= 4096:
