@@ -50,11 +50,10 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rows": sum(f[
 """
 
 
-def make_input(root: Path, rows: int, qa: int, size: tuple[int, int], layout: str) -> int:
+def make_input(root: Path, rows: int, qa: int, size: tuple[int, int], layout: str) -> None:
     n_images = rows // qa
     samples.make_skvqa(root, images=n_images, qa_per_image=qa, size=size, files=max(2, n_images // 200),
                        layout=layout)
-    return n_images
 
 
 def unique_images(root: Path) -> list[bytes]:
@@ -113,8 +112,8 @@ def _check_every_other(first: int, count: int | None = None) -> float:
 
 
 def check_in_two_processes(data: list[bytes]) -> float:
-    """Wall time of the check alone split over two processes: the most a 2-worker build can gain on this machine
-    (on shared VMs two vCPUs may share one core's SIMD units, and libjpeg-turbo's decode then gains little)."""
+    """Wall time of the check alone split over two processes: the most a 2-worker build can gain on this machine,
+    since the check is the part of a build that cannot be made cheaper."""
     _SHARED[:] = data
     try:
         with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -162,12 +161,12 @@ def main() -> None:
         for layout in args.layout:
             for rows in args.rows:
                 src = (args.inputs or Path(tmp)) / f"skvqa-{layout}-{rows}-{args.qa}qa-{args.size}"
-                n_images = rows // args.qa
                 if not (src / "done").is_file():
                     shutil.rmtree(src, ignore_errors=True)
                     make_input(src, rows, args.qa, size, layout)  # type: ignore[arg-type]
                     (src / "done").touch()
                 data = unique_images(src)
+                n_images = len(data)
                 check = statistics.median(check_only(data) for _ in range(args.repeats))
                 check_cpu = statistics.median(_cpu_of(check_only, data) for _ in range(args.repeats))
                 check2 = statistics.median(check_in_two_processes(data) for _ in range(args.repeats))

@@ -248,9 +248,9 @@ class _ImageTable:
             return
         if self._writer is None:
             self._writer = pa.ipc.new_file(str(self.path), IMAGES_SCHEMA)
-        self._writer.write_batch(pylist.record_batch(
-            [{"bytes": data, "path": path} for data, path in zip(self._pending_data, self._pending_paths, strict=True)],
-            IMAGES_SCHEMA))
+        self._writer.write_batch(pa.record_batch(
+            [pylist.array(self._pending_data, pa.binary()), pylist.array(self._pending_paths, pa.string())],
+            schema=IMAGES_SCHEMA))
         self._pending_data, self._pending_paths, self._pending_bytes = [], [], 0
 
     def close(self) -> None:

@@ -181,8 +181,8 @@ class ShardWriter:
         self._open: dict[Partition, _Open] = {}
         self._buffered = 0
         self._spills = 0
-        self._spill_dir: Path | None = None
-        shutil.rmtree(out / SPILL, ignore_errors=True)  # left by a writer that was killed
+        self._spill_dir = out / SPILL
+        shutil.rmtree(self._spill_dir, ignore_errors=True)  # left by a writer that was killed
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
@@ -236,9 +236,7 @@ class ShardWriter:
         self._remove_spills()
 
     def _remove_spills(self) -> None:
-        if self._spill_dir is not None:
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
-            self._spill_dir = None
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._wait_for_room()
@@ -259,9 +257,7 @@ class ShardWriter:
     def _spill(self, state: _Open) -> None:
         """Move a partition's buffered rows to its spill stream (each batch keeps its own image dictionary)."""
         if state.spill is None:
-            if self._spill_dir is None:
-                self._spill_dir = self.out / SPILL
-                self._spill_dir.mkdir(parents=True)
+            self._spill_dir.mkdir(parents=True, exist_ok=True)
             self._spills += 1
             state.spill_path = self._spill_dir / f"{self._spills}.arrows"
             state.spill = pa.ipc.new_stream(str(state.spill_path), ENCODED_SCHEMA)

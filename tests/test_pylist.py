@@ -54,6 +54,7 @@ def test_sliced_arrays_read_as_numpy_without_copying():
     values = pa.array(np.arange(10, dtype=np.int32))[3:7]
     seen = pylist.to_numpy(values)
     assert seen.tolist() == [3, 4, 5, 6] and seen.dtype == np.int32
+    assert seen.__array_interface__["data"][0] == values.buffers()[1].address + 3 * 4  # a view, not a copy
     assert pylist.to_numpy(values[:0]).tolist() == []
     assert pylist.from_numpy(seen).equals(values)
 
