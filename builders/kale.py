@@ -1,7 +1,9 @@
 """BLIP3-KALE (Salesforce/blip3-kale): knowledge-augmented dense captions of DataComp-1B image URLs.
 
-`--source` is laid out like the Hub repo: `data_core_set/*.parquet` and `data_full_set/*.parquet` (the
-upstream configs' own `data_files` globs). Each file's schema is read from its footer: `url` and `caption`
+`--source` is laid out like the Hub repo: `data_core_set/*.parquet` and/or `data_full_set/*.parquet` (the
+upstream configs' own `data_files` globs). Upstream's two configs are separate downloads (core ~74 GB, full
+~160 GB), so either folder alone is a build: its config is built, the other one is left out of the card
+(it would be empty) and the card says why. Each file's schema is read from its footer: `url` and `caption`
 must be string columns, every other column is kept in `meta.upstream`; a file that does not fit is a
 file-level reject naming the columns it has.
 
@@ -12,14 +14,17 @@ in the other set and whether it repeats an earlier row of its own set. Origins t
 rows whose key is also in full), `core_only` (core rows missing from full; empty when core is a subset
 of full) and `full_only` (full rows not in core); config `core` = `core` + `core_only`, config `full`
 (default) = `core` + `full_only`. Full-set copies of core rows are not read again; repeated keys within
-a set are `duplicate_id` rejects.
+a set are `duplicate_id` rejects. With one set given nothing is compared: its rows are `core_only` (core
+alone) or `full_only` (full alone).
 
 Upstream ships URLs, not images. Without `--set fetch_images=true` rows are text only (`images: []`,
-`messages: []`, `caption`, `image_urls: [url]`): a caption without its image is not a conversation, and
-`caption` is the column caption datasets share. With it each URL is downloaded by `hubsets.fetch`
-(concurrent, retried, sniffed, cached under `<out>/.cache/fetch` so reruns resume) and embedded, and
-`messages` becomes a user turn holding the image and an assistant turn holding the caption, so the rows
-mix with the chat-format datasets. Every URL that yields no image is a reject with the fetch's reason.
+`caption`, `image_urls: [url]`) and `messages` is the caption as a lone assistant turn
+(`hubsets.captions.caption_only`): chat templates and TRL accept it, and no instruction claims an image the
+row lacks. With it each URL is downloaded by `hubsets.fetch` (concurrent, retried, sniffed, cached under
+`<out>/.cache/fetch` so reruns resume) and embedded, and `messages` becomes a captioning exchange: a user
+turn [image, `--set caption_prompt`] and an assistant turn holding the caption, so the rows train as they
+come and mix with the chat-format datasets. Every URL that yields no image is a reject with the fetch's
+reason.
 
 Tasks are row-group slices of at most `task_rows` rows (100,000; 1,024 when fetching, since the build holds a
 task's images in memory): one task per row group for ordinary shards, so large shards still parallelise.
@@ -44,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hubsets import fetch, sources
+from hubsets import captions, fetch, sources
 from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
@@ -117,6 +122,7 @@ SETTINGS = {
     "task_rows": "rows per task (default 100000, or 1024 when fetching)",
     "index_dir": "folder for the core/full index (default <out>/.cache)",
     "index_buckets": "hash buckets of the core/full comparison (default: one per ~1M rows, at most 512)",
+    "caption_prompt": captions.SETTING,
 }
 
 
@@ -149,6 +155,7 @@ class Settings:
     task_rows: int
     index_dir: Path
     index_buckets: int | None
+    caption_prompt: str
 
 
 def settings(values: Mapping[str, str], max_pixels: int, out: Path | None) -> Settings:
@@ -180,6 +187,7 @@ def settings(values: Mapping[str, str], max_pixels: int, out: Path | None) -> Se
         task_rows,
         Path(index_dir) if index_dir else cache_root,
         _number("index_buckets", buckets, int, 1) if buckets else None,
+        captions.prompt(values),
     )
 
 
@@ -243,13 +251,17 @@ def _inspect(source: Path, rel: str, set_name: str, fields: Mapping[str, str]) -
 
 
 def _discover(source: Path) -> list[tuple[str, str]]:
-    """(set, relative path) of every shard, by the upstream configs' globs `data_*_set/*.parquet`."""
+    """(set, relative path) of every shard, by the upstream configs' globs `data_*_set/*.parquet`.
+
+    Either set alone is a build (upstream's configs are separate downloads, core ~74 GB, full ~160 GB); a set
+    whose folder is absent is simply not built, and the card says so."""
+    present = [(set_name, folder) for set_name, folder in SETS.items() if (source / folder).is_dir()]
+    if not present:
+        raise BuildError(f"neither {SETS['core']}/ nor {SETS['full']}/ is under {source}: --source must be laid "
+                         f"out like {UPSTREAM_REPO} (download one config or both, e.g. `hf download "
+                         f"{UPSTREAM_REPO} --repo-type dataset --include '{SETS['core']}/*' --local-dir RAW`)")
     found = []
-    for folder in SETS.values():
-        if not (source / folder).is_dir():
-            raise BuildError(f"{source / folder} is missing: --source must be laid out like {UPSTREAM_REPO} "
-                             f"({SETS['core']}/*.parquet and {SETS['full']}/*.parquet)")
-    for set_name, folder in SETS.items():
+    for set_name, folder in present:
         root = source / folder
         files = sorted(p.name for p in root.iterdir()
                        if p.name.endswith(".parquet") and not p.name.startswith(".") and p.is_file())
@@ -417,12 +429,14 @@ def _build_index(source: Path, files: list[_File], fields: Mapping[str, str], wo
 
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
-    """The core/full comparison, for the card (`index:*` counters)."""
+    """The sets given (`files:<set>`: shards found) and the core/full comparison (`index:*`), for the card."""
+    stats = {f"files:{set_name}": len({t.file for t in tasks if t.options["set"] == set_name})
+             for set_name in SETS}
     index = next((t.options["index"] for t in tasks if t.options.get("index")), None)
     if index is None:
-        return {}
+        return stats
     summary = json.loads((Path(index) / "summary.json").read_text(encoding="utf-8"))
-    return {f"index:{k}": int(v) for k, v in summary["counts"].items()}
+    return {**stats, **{f"index:{k}": int(v) for k, v in summary["counts"].items()}}
 
 
 # --- reading ----------------------------------------------------------------------------------------------
@@ -458,7 +472,8 @@ def read(task: Task, options: Options) -> Iterator[Item]:
             if item is None:
                 continue
             if not s.fetch_images:  # nothing to batch: stream, so a task never holds its rows in memory
-                yield item if isinstance(item, Reject) else _row(task.file, set_name, item, None)
+                yield item if isinstance(item, Reject) else _row(task.file, set_name, item, None,
+                                                                  s.caption_prompt)
             else:
                 items.append(item)
     except sources.SourceError as exc:
@@ -477,7 +492,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
             continue
         result = next(results)
         if result is None or result.ok:
-            yield _row(task.file, set_name, item, result)
+            yield _row(task.file, set_name, item, result, s.caption_prompt)
         else:
             yield Reject(task.file, item.row, item.url, item.origin, str(result.reason),
                          f"{item.url[:300]}: {result.detail}")
@@ -506,16 +521,15 @@ def _candidate(file: str, set_name: str, row: int, value: dict[str, Any], fields
     return _Candidate(row, url, caption, origin, key, extra)
 
 
-def _row(file: str, set_name: str, c: _Candidate, result: fetch.FetchResult | None) -> Row:
+def _row(file: str, set_name: str, c: _Candidate, result: fetch.FetchResult | None, prompt: str) -> Row:
     meta: dict[str, Any] = {"source_file": file, "source_row": c.row, "set": set_name, "key": c.key.hex(),
                             "upstream": c.extra}
     images: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
+    messages = captions.caption_only(c.caption)  # no image in the row: no instruction that claims one
     if result is not None:
         assert result.data is not None
         images = [{"bytes": result.data, "path": None}]
-        messages = [{"role": "user", "content": [{"type": "image", "text": None}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": c.caption}]}]
+        messages = captions.exchange(prompt, c.caption)
         meta["fetch"] = {"final_url": result.final_url, "status": result.status,
                          "content_type": result.content_type, "format": result.image_format,
                          "bytes": len(result.data), "sha256": result.sha256}
@@ -560,17 +574,27 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     opts = manifest["options"]
     s = settings(opts["settings"], opts["max_pixels"], None)
     c = {k.removeprefix("index:"): v for k, v in stats.items() if k.startswith("index:")}
-    overlap_table = "\n".join([
-        "| | core set | full set |", "|---|---:|---:|",
-        f"| rows in the shards | {c.get('core_rows', 0):,} | {c.get('full_rows', 0):,} |",
-        f"| rows with a url and caption (keyed) | {c.get('core_keyed', 0):,} | {c.get('full_keyed', 0):,} |",
-        f"| distinct keys | {c.get('core_distinct', 0):,} | {c.get('full_distinct', 0):,} |",
-        f"| repeated keys (`duplicate_id` rejects) | {c.get('core_duplicates', 0):,} | "
-        f"{c.get('full_duplicates', 0):,} |",
-        f"| distinct keys in both sets | {c.get('overlap', 0):,} | {c.get('overlap', 0):,} |",
-    ])
+    given = [n for n in SETS if stats.get(f"files:{n}", 0)]
+    rows = [("rows in the shards", "rows"), ("rows with a url and caption (keyed)", "keyed"),
+            ("distinct keys", "distinct"), ("repeated keys (`duplicate_id` rejects)", "duplicates")]
+    overlap_table = "\n".join(
+        ["| | " + " | ".join(f"{n} set" for n in given) + " |", "|---|" + "---:|" * len(given)]
+        + [f"| {label} | " + " | ".join(f"{c.get(f'{n}_{key}', 0):,}" for n in given) + " |" for label, key in rows]
+        + ([f"| distinct keys in both sets | {c.get('overlap', 0):,} | {c.get('overlap', 0):,} |"]
+           if len(given) == 2 else []))
     missing = c.get("core_missing_from_full", 0)
-    if not c:
+    if len(given) == 1:
+        built, absent = given[0], next(n for n in SETS if n not in given)
+        origin = "core_only" if built == "core" else "full_only"
+        containment = (
+            f"**Only the {built} set was given** ({stats[f'files:{built}']:,} shards under `{SETS[built]}/`), so "
+            f"this dataset has config `{built}` alone: config `{absent}` is absent from this card because "
+            f"`{SETS[absent]}/` was not in the source (upstream publishes the two configs as separate downloads, "
+            f"core ~74 GB and full ~160 GB). With one set there is nothing to compare: every row is origin "
+            f"`{origin}` (read from {built}, not matched against {absent}), and repeated keys within the set are "
+            f"still `duplicate_id` rejects. A build given both folders stores each row once and splits the "
+            f"origins into `core`, `core_only` and `full_only`; its ids differ, since the origin is part of the id.")
+    elif not c:
         containment = "No shard could be read, so core and full were not compared."
     elif missing == 0:
         containment = (f"**Every core key is also in full** ({c.get('overlap', 0):,} distinct keys), so core is a "
@@ -583,13 +607,16 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                        "`core` holds core rows also in full, `core_only` the core rows missing from full, and "
                        "`full_only` the full rows missing from core; config `core` = `core` + `core_only`, "
                        "config `full` = `core` + `full_only`, so each config holds exactly its upstream set.")
+    built_sets = ", ".join(f"`{n}` (`{SETS[n]}/*.parquet`)" for n in given) or "none"
+    sets_note = (f"Sets given to this build: {built_sets}. A config whose upstream set was not given is not in "
+                 "this card's YAML (it would be empty), so `load_dataset` offers only the configs built.")
     if s.fetch_images:
         f = s.fetch
         decoded = ("each image decoded completely by the build" if f.verify == "header"
                    else "decoded completely at download time and again by the build")
         images = (
             "Images were **downloaded at build time** from each row's URL and embedded byte for byte "
-            f"(`images`); `messages` holds a user turn with the image and an assistant turn with the caption. "
+            "(`images`). " + _exchange_note(s.caption_prompt) + "\n\n"
             f"Fetch settings: {f.concurrency} concurrent connections per worker, {f.timeout:g} s per request, "
             f"{f.retries} retries with exponential backoff (from {f.backoff:g} s) on connection errors, truncated "
             f"bodies, 408, 429 and 5xx, at most {f.max_redirects} redirects, at most {f.max_bytes:,} bytes and "
@@ -603,7 +630,23 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
             "their `full_only` rows. Web URLs rot: the success rate measures the web on the build date, not the "
             "upstream data.")
     else:
-        images = ("Upstream publishes image URLs, not images, and this build did **not** download them: rows are "
-                  "text only (`images: []`, `messages: []`), with the caption in `caption` and the URL in "
-                  "`image_urls`. Rebuild with `--set fetch_images=true` to embed the images.")
-    return {"overlap_table": overlap_table, "containment": containment, "images_section": images}
+        images = (
+            "Upstream publishes image URLs, not images, and this build did **not** download them: rows are text "
+            "only (`images: []`), with the caption in `caption` and the URL in `image_urls`. They are the URL + "
+            "caption index of the release, for fetching the images yourself or for text-only use of the captions; "
+            "they are not image-captioning examples. So `messages` is the caption alone, as one assistant turn "
+            "(`[{\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": caption}]}]`): chat "
+            "templates and TRL accept it, and there is no user instruction about an image the row does not hold "
+            "(training on \"Describe this image\" without the image would teach a model to caption images it "
+            "never saw). Rebuild with `--set fetch_images=true` to embed the images; each row then holds a "
+            "captioning exchange instead (user turn: the image and the instruction "
+            f"`{s.caption_prompt}`, settable with `--set caption_prompt=...`).")
+    return {"overlap_table": overlap_table, "containment": containment, "images_section": images,
+            "sets_note": sets_note}
+
+
+def _exchange_note(prompt: str) -> str:
+    return ("`messages` is one captioning exchange, ready for `apply_chat_template` and TRL: a user turn "
+            f"`[{{\"type\": \"image\"}}, {{\"type\": \"text\", \"text\": {json.dumps(prompt, ensure_ascii=False)}}}]` "
+            "(the instruction is `--set caption_prompt=...`; this build used the one shown) and an assistant turn "
+            "holding the caption exactly as published.")

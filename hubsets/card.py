@@ -31,7 +31,9 @@ def size_category(rows: int) -> str:
 def metadata(builder: Builder, manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The card's YAML header as a dict (round-trips through `huggingface_hub.DatasetCardData`)."""
     configs = manifest["configs"]
-    total = sum(sum(c["splits"].values()) for name, c in configs.items() if c["default"])
+    sizes = {name: sum(c["splits"].values()) for name, c in configs.items() if c["data_files"]}
+    # the default config's size; a build without it (KALE from `core` alone) is sized by its largest config
+    total = sum(n for name, n in sizes.items() if configs[name]["default"]) or max(sizes.values(), default=0)
     header: dict[str, Any] = {"pretty_name": builder.PRETTY_NAME, "license": builder.LICENSE}
     if builder.LICENSE == "other":
         header["license_name"] = "unknown"

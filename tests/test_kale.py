@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from datasets import Image, List, load_dataset
 from hubsets.builders import kale
 
@@ -96,7 +98,9 @@ def test_text_only_rows_keep_caption_url_and_extra_columns(subset_build):
     for row in ds:
         up = by_url[row["image_urls"][0]]
         assert row["caption"] == up["caption"]
-        assert row["images"] == [] and row["messages"] == [] and row["image_embedding"] is None
+        assert row["images"] == [] and row["image_embedding"] is None
+        # no image: the caption alone, as an assistant turn (no instruction about an image the row lacks)
+        assert row["messages"] == [{"role": "assistant", "content": [{"type": "text", "text": up["caption"]}]}]
         assert row["meta"]["upstream"] == {"key": up["key"], "cogvlm_caption": up["cogvlm_caption"],
                                            "width": up["width"], "height": up["height"]}
         key = kale.row_key(up["url"], up["caption"]).hex()
@@ -124,6 +128,32 @@ def test_core_not_a_subset_of_full_still_stores_each_row_once(tmp_path):
     assert sum(f["rows"] for f in manifest["files"].values()) == 25  # 10 shared + 3 + 12
     card = (tmp_path / "out" / "README.md").read_text()
     assert "**Core is not a subset of full**: 3 distinct core keys" in card
+
+
+@pytest.mark.parametrize("given", ["core", "full"])
+def test_one_set_alone_builds_its_config_and_the_card_says_why_the_other_is_absent(tmp_path, given):
+    # upstream's configs are separate downloads (core ~74 GB): a maintainer may have only one of them
+    samples.make_kale(tmp_path / "src", both=600, core_only=500, full_only=5)
+    absent = next(n for n in kale.SETS if n != given)
+    shutil.rmtree(tmp_path / "src" / kale.SETS[absent])
+    out = tmp_path / "out"
+    manifest = build("kale", Options(source=tmp_path / "src"), out, progress=False)
+    loaded = check_loads(out, manifest)
+    rows = upstream(tmp_path / "src")
+    assert set(loaded) == {given} and rows[absent] == []
+    assert len(loaded[given]) == len(distinct(rows[given]))
+    assert {p["origin"] for p in manifest["partitions"]} == {"core_only" if given == "core" else "full_only"}
+    assert manifest["rejects"]["by_reason"]["duplicate_id"] == (1 if given == "core" else 2)
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert [c["config_name"] for c in header["configs"]] == [given]
+    assert [c["config_name"] for c in header["dataset_info"]] == [given]
+    assert header["size_categories"] == ["1K<n<10K" if given == "core" else "n<1K"]
+    assert f"**Only the {given} set was given**" in card and f"config `{absent}` is absent" in card
+    assert f"| | {given} set |" in card and f"{absent} set" not in card.split("## Core and full")[1][:400]
+    # the only config is what `load_dataset` picks without a name
+    ds = load_dataset(str(out), split="train", cache_dir=str(tmp_path / ".hf-cache"))
+    assert sorted(ds["id"]) == sorted(loaded[given]["id"])
 
 
 def test_index_is_the_same_whatever_the_bucket_count_and_is_reused(subset_build, tmp_path):
@@ -209,12 +239,13 @@ def test_columns_under_other_names_map_with_column_option(tmp_path):
 
 
 def test_layout_errors_are_clear(tmp_path):
-    (tmp_path / "data_core_set").mkdir()
-    with pytest.raises(BuildError, match="data_full_set is missing"):
+    with pytest.raises(BuildError, match="neither data_core_set/ nor data_full_set/ is under"):
         kale.plan(Options(source=tmp_path))
-    (tmp_path / "data_full_set").mkdir()
+    (tmp_path / "data_core_set").mkdir()
     with pytest.raises(BuildError, match="holds no .parquet files"):
         kale.plan(Options(source=tmp_path))
+    with pytest.raises(ValueError, match="caption_prompt= is empty"):
+        kale.settings({"caption_prompt": "  "}, 100, None)
     with pytest.raises(ValueError, match="unknown --set fetch_image"):
         kale.settings({"fetch_image": "true"}, 100, None)
     with pytest.raises(ValueError, match="fetch_concurrency=0"):
@@ -239,7 +270,7 @@ BAD = {
     "/cut.jpg": ("image_truncated", Route(IMAGES[3][: len(IMAGES[3]) // 2])),  # found by the build's full decode
 }
 FETCH = {"fetch_images": "true", "fetch_timeout": "1.5", "fetch_retries": "2", "fetch_backoff": "0.01",
-         "fetch_concurrency": "8"}
+         "fetch_concurrency": "8", "caption_prompt": "Name what you see."}
 
 
 def fetch_source(root: Path, server: ImageServer) -> list[str]:
@@ -263,7 +294,8 @@ def test_fetch_embeds_only_good_images_and_every_dead_url_has_its_reason(tmp_pat
     full = loaded["full"].cast_column("images", List(Image(decode=False)))
     assert {r["image_urls"][0]: r["images"][0]["bytes"] for r in full} == served  # nothing else landed
     for r in full:
-        assert r["messages"] == [{"role": "user", "content": [{"type": "image", "text": None}]},
+        assert r["messages"] == [{"role": "user", "content": [{"type": "image", "text": None},
+                                                              {"type": "text", "text": "Name what you see."}]},
                                  {"role": "assistant", "content": [{"type": "text", "text": r["caption"]}]}]
         assert r["meta"]["fetch"]["bytes"] == len(r["images"][0]["bytes"])
     assert len(loaded["core"]) == sum(1 for u in urls[::2] if u in served)
@@ -280,6 +312,7 @@ def test_fetch_embeds_only_good_images_and_every_dead_url_has_its_reason(tmp_pat
     # the card reports the success rate per input shard
     card = (tmp_path / "out" / "README.md").read_text()
     assert "### Fetch success per input shard" in card
+    assert '{"type": "text", "text": "Name what you see."}' in card  # the instruction used is documented
     total_ok = len(served)
     total = total_ok + len(want)
     assert f"| **all** | {total} | {total_ok} | {total - total_ok} | {100 * total_ok / total:.1f}% |" in card
