@@ -7,17 +7,30 @@
   are retried and never cached; other statuses are permanent and cached.
 - `timeout`: one request (connect, headers and whole body) took longer than `timeout`. Not retried
   within the run (a dead host would cost `retries` more timeouts), not cached (the next run tries again).
-- `connection_error` (DNS failure, refused or reset connection, TLS or protocol error) and `truncated`
-  (the body ended before its `Content-Length`, or mid-chunk): retried, not cached.
-- `too_large` (more than `max_bytes` announced or received), `redirect_loop` (a redirect leads back to a
-  URL already in the chain), `too_many_redirects` (more than `max_redirects`), `bad_url` (not http(s)
-  with a host): permanent, cached.
+- `connection_error` (refused or reset connection, TLS or protocol error) and `truncated` (the body ended
+  before its `Content-Length`, or mid-chunk): retried, not cached.
+- `unknown_host` (DNS says the name does not exist): permanent, cached, never retried; other URLs on that
+  host fail at once for the rest of the run. `dns_error` (the resolver itself failed: no answer, no
+  network): not retried within the run (each try would wait the resolver's timeout again), not cached.
+- `too_large` (more than `max_bytes` announced, received or decoded), `redirect_loop` (a redirect leads
+  back to a URL already in the chain), `too_many_redirects` (more than `max_redirects`), `bad_url` (not
+  http(s) with a host), `bad_encoding` (a `Content-Encoding` other than gzip/deflate, or a body that does
+  not decode as the one announced): permanent, cached.
 - `not_an_image`, `image_too_large` (over the pixel cap, read from the header), `image_corrupt`,
   `image_truncated`, `image_empty`: the body is not a usable image (`hubsets.images.check`); permanent,
   cached.
 
 Retries back off exponentially (`backoff * 2**n`, ±25 % jitter, capped by `backoff_max`, at least a
 server's `Retry-After`). Connections are kept alive per thread and host.
+
+What real servers send is handled as a browser would: HTTP/1.0 and `Connection: close` answers (the body
+ends when the server closes), chunked bodies, redirects to other hosts (301/302/303/307/308, at most
+`max_redirects`), IPv6 literals (`http://[::1]:8080/x.jpg`). A kept-alive connection the server has closed
+is noticed before reuse, and a request that still meets a closed connection is sent once more on a fresh one
+(a GET is idempotent). The whole exchange is bounded by `timeout`, so a body dripping in a byte at a time
+ends as `timeout` too. Although only `identity` is asked for, some servers gzip images anyway: gzip and
+deflate bodies are decoded (under the same byte cap, so a compression bomb is `too_large`) and the stored
+bytes are always the image itself.
 
 The cache (`FetchCache`) is content-addressed: bodies live once under `blobs/` by sha256, and each URL
 has a small JSON entry under `urls/` (by the URL's sha256) pointing at its blob or recording its permanent
@@ -33,10 +46,12 @@ import http.client
 import json
 import os
 import random
+import select
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,16 +66,24 @@ from hubsets import images
 MB = 1024 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
 TRANSIENT_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
-TRANSIENT = frozenset({"timeout", "connection_error", "truncated"})
+TRANSIENT = frozenset({"timeout", "connection_error", "truncated", "dns_error"})
 """Reasons that are never cached (the next run tries again), besides the transient HTTP statuses."""
 RETRIED = frozenset({"connection_error", "truncated"})
 """Reasons retried within one fetch, besides the transient HTTP statuses."""
 IMAGE_REASONS = ("not_an_image", "image_too_large", "image_corrupt", "image_truncated", "image_empty")
-REASONS = ("http_<status>", "timeout", "connection_error", "truncated", "too_large", "redirect_loop",
-           "too_many_redirects", "bad_url", *IMAGE_REASONS)
+REASONS = ("http_<status>", "timeout", "connection_error", "truncated", "unknown_host", "dns_error",
+           "too_large", "redirect_loop", "too_many_redirects", "bad_url", "bad_encoding", *IMAGE_REASONS)
 """Every failure reason a fetch can report (`http_<status>` stands for `http_404`, `http_503`, …)."""
 VERIFY = ("decode", "header")
 _DRAIN_LIMIT = 64 * 1024
+_CHUNK = 64 * 1024
+_DEAD_HOSTS_MAX = 65_536
+"""Hosts remembered as nonexistent within one fetcher (bounded: a crawl of dead domains must not grow it)."""
+_NO_SUCH_NAME = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL")
+                          if hasattr(socket, name))
+"""getaddrinfo errors that mean the name does not exist (an answer), not that the resolver failed."""
+_RETRY_FRESH = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+"""Errors of a reused connection before any answer: the server closed it while idle; try once on a fresh one."""
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
@@ -257,6 +280,8 @@ class Fetcher:
         self._all_conns: set[http.client.HTTPConnection] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._dead_hosts: dict[str, str] = {}
+        """host -> the DNS answer that it does not exist (every other URL on it fails without a lookup)."""
 
     # --- public API --------------------------------------------------------------------------------
 
@@ -409,7 +434,7 @@ class Fetcher:
             pool = self._local.pool = _Pool()
         key = (scheme, host, port)
         conn = pool.conns.get(key)
-        if conn is not None and conn.sock is not None:
+        if conn is not None and conn.sock is not None and not _closed_by_peer(conn.sock):
             return conn, True
         if conn is not None:
             self._drop(pool, key, conn)
@@ -432,11 +457,14 @@ class Fetcher:
 
     def _request(self, url: str) -> _Response:
         scheme, host, port, target = _split_http(url)
+        dead = self._dead_hosts.get(host)
+        if dead is not None:
+            raise _Failure("unknown_host", dead)
         deadline = time.monotonic() + self.settings.timeout
+        key = (scheme, host, port)
         for fresh_try in (False, True):
             conn, reused = self._connection(scheme, host, port)
             pool: _Pool = self._local.pool
-            key = (scheme, host, port)
             try:
                 if conn.sock is None:
                     conn.timeout = max(0.001, deadline - time.monotonic())
@@ -451,14 +479,18 @@ class Fetcher:
                 conn.endheaders()
                 self._count("requests")
                 resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except _RETRY_FRESH as exc:
                 self._drop(pool, key, conn)
                 if reused and not fresh_try:
-                    continue  # the server closed an idle keep-alive connection: one immediate retry
+                    self._count("fresh_connection_retries")
+                    continue  # the server closed a kept-alive connection: one immediate retry (GET is idempotent)
                 raise _Failure("connection_error", f"{type(exc).__name__}: {exc}") from None
             except TimeoutError:
                 self._drop(pool, key, conn)
                 raise _Failure("timeout", f"no response within {self.settings.timeout:g} s") from None
+            except socket.gaierror as exc:
+                self._drop(pool, key, conn)
+                raise self._dns_failure(host, exc) from None
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._drop(pool, key, conn)
                 raise _Failure("connection_error", f"{type(exc).__name__}: {exc}"[:300]) from None
@@ -468,11 +500,25 @@ class Fetcher:
                 self._drop(pool, key, conn)
                 raise
             if resp.will_close or not resp.isclosed():
-                self._drop(pool, key, conn)
+                self._drop(pool, key, conn)  # the server ends the connection (HTTP/1.0, `Connection: close`)
             return response
         raise AssertionError("unreachable")
 
+    def _dns_failure(self, host: str, exc: socket.gaierror) -> _Failure:
+        """`unknown_host` (remembered for the run) when DNS answered that the name does not exist, else
+        `dns_error` (the resolver failed: worth a later run, not another wait now)."""
+        detail = f"cannot resolve {host[:100]!r}: {exc.strerror or exc}"
+        if exc.errno not in _NO_SUCH_NAME:
+            return _Failure("dns_error", detail)
+        with self._lock:
+            if len(self._dead_hosts) >= _DEAD_HOSTS_MAX:
+                self._dead_hosts.pop(next(iter(self._dead_hosts)))
+            self._dead_hosts[host] = detail
+        return _Failure("unknown_host", detail)
+
     def _read(self, resp: http.client.HTTPResponse, sock: socket.socket, deadline: float) -> _Response:
+        """The body of `resp`, within `deadline` as a whole (one read at a time, so a dripping body cannot
+        stretch it), under the byte cap, with any gzip/deflate `Content-Encoding` undone."""
         s = self.settings
         status = resp.status
         retry_after = _retry_after(resp.getheader("Retry-After"))
@@ -483,16 +529,19 @@ class Fetcher:
         length = resp.getheader("Content-Length")
         if success and length is not None and length.strip().isdigit() and int(length) > s.max_bytes:
             raise _Failure("too_large", f"Content-Length {int(length):,} exceeds the {s.max_bytes:,}-byte cap")
+        decoder = _Decoder.for_header(resp.getheader("Content-Encoding"), s.max_bytes) if success else None
         chunks: list[bytes] = []
         total = 0
         try:
-            while True:
+            while not resp.isclosed():  # closed once the body is complete (it also closes a will-close socket)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _Failure("timeout", f"body not complete within {s.timeout:g} s ({total:,} bytes read)")
                 sock.settimeout(remaining)
-                chunk = resp.read(64 * 1024)
+                chunk = resp.read1(_CHUNK)  # at most one receive: the deadline is checked between them
                 if not chunk:
+                    if resp.length == 0:
+                        resp.read()  # the announced length is complete: mark the response done
                     break
                 total += len(chunk)
                 if total > limit:
@@ -500,7 +549,7 @@ class Fetcher:
                         raise _Failure("too_large", f"body exceeds the {s.max_bytes:,}-byte cap")
                     resp.close()  # a large error page: stop reading, the connection is dropped
                     break
-                chunks.append(chunk)
+                chunks.append(decoder.feed(chunk) if decoder is not None else chunk)
         except TimeoutError:
             raise _Failure("timeout", f"body not complete within {s.timeout:g} s ({total:,} bytes read)") from None
         except http.client.IncompleteRead as exc:
@@ -509,8 +558,70 @@ class Fetcher:
             raise _Failure("connection_error", f"{type(exc).__name__} while reading the body: {exc}"[:300]) from None
         if success and resp.length:  # bytes still owed by Content-Length when the stream ended
             raise _Failure("truncated", f"body ended after {total:,} of {total + resp.length:,} bytes")
+        if decoder is not None:
+            decoder.finish(total)
         self._count("bytes", total)
         return _Response(status, b"".join(chunks), content_type, location, retry_after)
+
+
+class _Decoder:
+    """Undoes a gzip or deflate `Content-Encoding` as the body arrives, never producing more than `cap` bytes
+    (a small compressed body can claim gigabytes)."""
+
+    NAMES = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+
+    def __init__(self, coding: str, cap: int) -> None:
+        self.coding = coding
+        self.cap = cap
+        self.produced = 0
+        self._z: Any = zlib.decompressobj(31) if coding == "gzip" else None  # deflate: wrapper seen in feed()
+
+    @classmethod
+    def for_header(cls, value: str | None, cap: int) -> _Decoder | None:
+        """None for no encoding or `identity`; `bad_encoding` for anything this fetcher cannot undo."""
+        codings = [c.strip().lower() for c in (value or "").split(",") if c.strip().lower() not in ("", "identity")]
+        if not codings:
+            return None
+        if len(codings) > 1 or codings[0] not in cls.NAMES:
+            raise _Failure("bad_encoding", f"Content-Encoding {value!r} is not supported (identity was asked "
+                           "for; gzip and deflate are decoded)")
+        return cls(cls.NAMES[codings[0]], cap)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._z is None:  # RFC 9110 deflate is zlib-wrapped; some servers send raw deflate
+            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._z = zlib.decompressobj(15 if wrapped else -15)
+        out = []
+        while data and not self._z.eof:
+            try:
+                piece = self._z.decompress(data, self.cap - self.produced + 1)
+            except zlib.error as exc:
+                raise _Failure("bad_encoding", f"body is not valid {self.coding} data "
+                               f"(Content-Encoding: {self.coding}): {exc}") from None
+            self.produced += len(piece)
+            if self.produced > self.cap:
+                raise _Failure("too_large", f"{self.coding}-decoded body exceeds the {self.cap:,}-byte cap")
+            out.append(piece)
+            data = self._z.unconsumed_tail
+        return b"".join(out)
+
+    def finish(self, received: int) -> None:
+        if self._z is None or not self._z.eof:
+            raise _Failure("bad_encoding", f"the {self.coding} stream ends early ({received:,} bytes received, "
+                           f"{self.produced:,} decoded)")
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection is unusable: readable means the server closed it (or sent
+    something unasked for), so a request sent on it would be lost."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _retry_after(value: str | None) -> float | None:

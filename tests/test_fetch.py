@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import socket
+import threading
 import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote
 
 import pytest
 
@@ -214,3 +227,258 @@ def test_verify_header_defers_the_decode_and_decode_mode_catches_it_from_the_cac
         assert again.reason == "image_truncated"  # decoded from the cached bytes...
         assert f.fetch(server.url("/cut.jpg")).cached  # ...and the verdict is remembered
     assert server.counts["/cut.jpg"] == 2  # no download for the re-verification
+
+
+# --- the real web: Python's own http.server (HTTP/1.0 by default) and an HTTP/1.1 keep-alive server ---------
+
+class WebHandler(SimpleHTTPRequestHandler):
+    """`python -m http.server` (files from a folder), plus a few answers real hosts give under special paths:
+
+    `/redirect/<code>?to=<url>`, `/drip/<file>` (8 bytes every 50 ms), `/encoded/<coding>/<file>` (a
+    `Content-Encoding`), `/chunked/<file>` (chunked, then `Connection: close`), `/until-close/<file>` (no
+    length: the body ends when the server closes), `/one-per-connection/<file>` (a second request on a
+    kept-alive connection is met with a close and no answer, as when a server's idle timeout fires).
+    """
+
+    counts: Counter[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        path, _, query = self.path.partition("?")
+        self.counts[path] += 1
+        self.served = getattr(self, "served", 0) + 1  # one handler per connection
+        kind, _, rest = path.lstrip("/").partition("/")
+        try:
+            if kind == "redirect":
+                self.send_response(int(rest))
+                self.send_header("Location", parse_qs(query)["to"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif kind == "drip":
+                body = self.file(rest)
+                self.head(200, len(body))
+                for start in range(0, len(body), 8):
+                    self.wfile.write(body[start:start + 8])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            elif kind == "encoded":
+                coding, _, name = rest.partition("/")
+                header, body = ENCODERS[coding](self.file(name))
+                self.head(200, len(body), **{"Content-Encoding": header})
+                self.wfile.write(body)
+            elif kind == "chunked":
+                body = self.file(rest)
+                self.close_connection = True
+                self.head(200, None, **{"Transfer-Encoding": "chunked", "Connection": "close"})
+                for start in range(0, len(body), 1000):
+                    part = body[start:start + 1000]
+                    self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            elif kind == "until-close":
+                self.close_connection = True
+                self.head(200, None, Connection="close")
+                self.wfile.write(self.file(rest))
+            elif kind == "one-per-connection" and self.served > 1:
+                self.close_connection = True  # read the request, then hang up without a word
+            elif kind == "one-per-connection":
+                self.path = "/" + rest
+                super().do_GET()
+            else:
+                super().do_GET()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def file(self, name: str) -> bytes:
+        return (Path(self.directory) / name).read_bytes()
+
+    def head(self, status: int, length: int | None, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "image/jpeg")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-15)
+    return packer.compress(data) + packer.flush()
+
+
+ENCODERS = {
+    "gzip": lambda b: ("gzip", gzip.compress(b)),
+    "x-gzip": lambda b: ("x-gzip", gzip.compress(b)),
+    "deflate": lambda b: ("deflate", zlib.compress(b)),
+    "raw-deflate": lambda b: ("deflate", _raw_deflate(b)),
+    "identity": lambda b: ("identity", b),
+    "br": lambda b: ("br", b),  # announced, not applied: the fetcher must refuse, not store these bytes
+    "lying-gzip": lambda b: ("gzip", b),
+    "cut-gzip": lambda b: ("gzip", gzip.compress(b)[:-30]),
+    "bomb": lambda b: ("gzip", gzip.compress(b + bytes(20_000_000))),
+}
+
+
+@contextmanager
+def web_server(folder: Path, protocol: str = "HTTP/1.0", host: str = "127.0.0.1",
+               idle_timeout: float | None = None) -> Iterator[tuple[str, Counter[str]]]:
+    """(base URL, request counts by path) of an `http.server` on loopback serving `folder`."""
+    counts: Counter[str] = Counter()
+    handler = type("Handler", (WebHandler,), {"protocol_version": protocol, "counts": counts,
+                                               "timeout": idle_timeout})
+    server_class = type("Server", (ThreadingHTTPServer,), {
+        "daemon_threads": True, "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+        "handle_error": lambda self, request, address: None})
+    server = server_class((host, 0), partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        yield f"http://{netloc}:{server.server_address[1]}", counts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Seven images (the KALE case that landed 0 of 7), a text file and an image with a space in its name."""
+    folder = tmp_path_factory.mktemp("site")
+    for i, data in enumerate(samples.sample_images(7, seed=3)):
+        (folder / f"{i}.jpg").write_bytes(data)
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "a photo.jpg").write_bytes(JPEG)
+    return folder
+
+
+def site_images(site: Path) -> dict[str, bytes]:
+    return {f"{i}.jpg": (site / f"{i}.jpg").read_bytes() for i in range(7)}
+
+
+PROTOCOLS = ["HTTP/1.0", "HTTP/1.1"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_python_http_server_every_image_lands(site, protocol):
+    """HTTP/1.0 (`python -m http.server`) answers with the connection closing after each body; the old
+    fetcher failed every such image with `OSError: Bad file descriptor`."""
+    with web_server(site, protocol) as (base, counts), fetch.Fetcher(FAST) as f:
+        names = [*site_images(site), "notes.txt", "missing.jpg", "a photo.jpg"]
+        results = dict(zip(names, f.map(f"{base}/{name}" for name in names), strict=True))
+        again = f.fetch(f"{base}/0.jpg")  # a second request after the first connection ended
+    for name, data in site_images(site).items():
+        assert results[name].ok and results[name].data == data, (name, results[name].detail)
+    assert results["a photo.jpg"].data == JPEG
+    assert results["notes.txt"].reason == "not_an_image"
+    assert results["missing.jpg"].reason == "http_404"
+    assert again.ok and counts["/0.jpg"] == 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bodies_that_end_with_the_connection(site, protocol):
+    """No Content-Length (the body runs until the server closes), and chunked then `Connection: close`."""
+    image = site_images(site)["2.jpg"]
+    with web_server(site, protocol) as (base, _), fetch.Fetcher(FAST) as f:
+        assert f.fetch(f"{base}/until-close/2.jpg").data == image
+        if protocol == "HTTP/1.1":  # chunked coding exists only in HTTP/1.1
+            assert f.fetch(f"{base}/chunked/2.jpg").data == image
+        assert f.fetch(f"{base}/3.jpg").ok  # and the next request still works
+
+
+def test_keep_alive_connection_closed_by_the_server_while_idle(site):
+    with web_server(site, "HTTP/1.1", idle_timeout=0.2) as (base, counts), fetch.Fetcher(FAST) as f:
+        assert f.fetch(f"{base}/0.jpg").ok
+        assert f.fetch(f"{base}/1.jpg").ok  # kept alive: same connection
+        time.sleep(0.6)  # the server's idle timeout closes it
+        late = f.fetch(f"{base}/2.jpg")
+    assert late.ok and late.attempts == 1
+    assert f.counters["requests"] == 3  # the closed connection was noticed before a request was lost on it
+    assert sum(counts.values()) == 3
+
+
+def test_keep_alive_connection_closed_on_the_request_is_retried_once_fresh(site):
+    """A server that hangs up on a reused connection without answering (its idle timer fired as the request
+    arrived): the GET is sent once more on a new connection, at once, not counted as a failed attempt."""
+    with web_server(site, "HTTP/1.1") as (base, counts), fetch.Fetcher(FAST) as f:
+        assert f.fetch(f"{base}/one-per-connection/0.jpg").ok
+        second = f.fetch(f"{base}/one-per-connection/1.jpg")
+    assert second.ok and second.attempts == 1
+    assert counts["/one-per-connection/1.jpg"] == 2  # the hang-up, then the fresh connection's answer
+    assert f.counters["fresh_connection_retries"] == 1 and "retries" not in f.counters
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_redirects_across_hosts_with_every_redirect_status(site, protocol):
+    """127.0.0.1 redirects to an image on [::1] (another host and port) with each of 301/302/303/307/308."""
+    image = site_images(site)["4.jpg"]
+    with web_server(site, protocol) as (v4, _), web_server(site, protocol, host="::1") as (v6, _), \
+            fetch.Fetcher(FAST) as f:
+        for code in (301, 302, 303, 307, 308):
+            r = f.fetch(f"{v4}/redirect/{code}?to={quote(f'{v6}/4.jpg')}")
+            assert r.ok and r.data == image and r.final_url == f"{v6}/4.jpg", (code, r.detail)
+        hop = f"{v6}/redirect/302?to={quote(f'{v4}/redirect/307?to=' + quote(f'{v6}/4.jpg'))}"
+        assert f.fetch(hop).data == image  # there and back again
+        with fetch.Fetcher(replace(FAST, max_redirects=1)) as capped:
+            assert capped.fetch(hop).reason == "too_many_redirects"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ipv6_loopback(site, protocol):
+    with web_server(site, protocol, host="::1") as (base, counts), fetch.Fetcher(FAST) as f:
+        assert base.startswith("http://[::1]:")
+        results = list(f.map(f"{base}/{name}" for name in site_images(site)))
+    assert [r.data for r in results] == list(site_images(site).values())
+    assert sum(counts.values()) == 7
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_dripping_body_ends_at_the_timeout(site, protocol):
+    """8 bytes every 50 ms: each read is quick, the whole body would take seconds; the total timeout holds."""
+    with web_server(site, protocol) as (base, counts), \
+            fetch.Fetcher(fetch.FetchSettings(timeout=0.5, retries=2, backoff=0.01)) as f:
+        started = time.monotonic()
+        r = f.fetch(f"{base}/drip/5.jpg")
+        elapsed = time.monotonic() - started
+        assert f.fetch(f"{base}/5.jpg").ok  # the server is fine otherwise
+    assert r.reason == "timeout" and "bytes read" in r.detail, r.detail
+    assert elapsed < 1.5, elapsed
+    assert counts["/drip/5.jpg"] == 1  # like a hang: not retried within the run
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_content_encoding_is_decoded_or_refused(site, protocol, tmp_path):
+    """Servers gzip images though `identity` was asked for: the stored bytes must be the image itself."""
+    image = site_images(site)["6.jpg"]
+    cache = fetch.FetchCache(tmp_path / "cache")
+    settings = replace(FAST, max_bytes=1_000_000)
+    with web_server(site, protocol) as (base, _), fetch.Fetcher(settings, cache) as f:
+        got = {coding: f.fetch(f"{base}/encoded/{coding}/6.jpg") for coding in ENCODERS}
+    for coding in ("gzip", "x-gzip", "deflate", "raw-deflate", "identity"):
+        r = got[coding]
+        assert r.ok and r.data == image and r.sha256 == hashlib.sha256(image).hexdigest(), (coding, r.detail)
+    assert got["br"].reason == "bad_encoding" and "'br'" in got["br"].detail
+    assert got["lying-gzip"].reason == "bad_encoding" and "not valid gzip" in got["lying-gzip"].detail
+    assert got["cut-gzip"].reason == "bad_encoding" and "ends early" in got["cut-gzip"].detail
+    assert got["bomb"].reason == "too_large" and "decoded" in got["bomb"].detail  # 20 MB from ~20 KB: capped
+    blobs = [p.read_bytes() for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+    assert blobs == [image]  # one blob, the decoded image, for all five URLs
+    assert dict(cache.urls())[f"{base}/encoded/br/6.jpg"] == "bad_encoding"  # permanent: remembered
+
+
+def test_dns_failure_is_not_retried(tmp_path):
+    """A name that cannot resolve (the reserved `.invalid` TLD) fails on the first try; the old fetcher
+    retried it like a reset connection (~19 s per URL with the default backoff)."""
+    cache = fetch.FetchCache(tmp_path / "cache")
+    with fetch.Fetcher(fetch.FetchSettings(retries=3, backoff=0.5), cache) as f:
+        started = time.monotonic()
+        first = f.fetch("http://no-such-host.invalid/a.jpg")
+        second = f.fetch("http://no-such-host.invalid/b.jpg")
+        elapsed = time.monotonic() - started
+    assert first.reason in ("unknown_host", "dns_error") and first.attempts == 1, (first.reason, first.detail)
+    assert "no-such-host.invalid" in first.detail
+    assert "retries" not in f.counters and elapsed < 0.5 + 2 * 5  # no backoff (at most the resolver's own wait)
+    if first.reason == "unknown_host":  # DNS answered "no such name": permanent, and no second lookup
+        assert second.reason == "unknown_host" and second.detail == first.detail
+        assert dict(cache.urls())["http://no-such-host.invalid/a.jpg"] == "unknown_host"
+    assert not fetch.is_transient("unknown_host") and fetch.is_transient("dns_error")
