@@ -3,8 +3,13 @@
 Synth² (Sharifzadeh et al., 2024) trains VLMs on LLM-written captions paired with image embeddings that a
 text-to-image model synthesised, and releases no data. This builder publishes such pairs that users made
 themselves. `--source` holds `captions.jsonl` or `captions.parquet`, one row per pair: `id`, `caption`, and
-either `embedding_file` (a `.npy` or `.safetensors` file, relative to `--source`) or an inline `embedding`
-(nested lists, stored with `--set dtype=...`, default float32). `--set encoder=NAME` names the model whose
+either `embedding_file` (a `.npy` or `.safetensors` file, relative to `--source`; with `embedding_row`, the
+row's index into the matrix that file holds) or an inline `embedding` (nested lists, stored with
+`--set dtype=...`, default float32). Or it holds clip-retrieval's output (`CLIP`): `img_emb/img_emb_N.npy`
+memory-mapped, row i paired with row i of `metadata/metadata_N.parquet`, `text_emb/text_emb_N.npy` kept in
+`meta.text_embedding`; shards whose files do not line up are unreadable input files, never mispaired.
+Every row's `messages` is a captioning exchange whose image part stands for the embedding
+(`hubsets.captions.exchange`). `--set encoder=NAME` names the model whose
 embedding space (or token vocabulary) the vectors live in; it is required.
 
 Embeddings land in `image_embedding` as {encoder, dtype, shape, data}: raw little-endian bytes of exactly the
@@ -18,18 +23,22 @@ needs no framework).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+from array import array
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hubsets import sources
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Task
+from hubsets import captions, sources
+from hubsets.builder import READS, BuildError, Config, Item, Options, Reject, Row, RowError, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 
@@ -68,7 +77,20 @@ _NUMPY_DTYPES = {("f", 2): "float16", ("f", 4): "float32", ("i", 4): "int32"}
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I32": "int32"}
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4}
 _LE = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "int32": "<i4"}
-_ROW_KEYS = ("id", "caption", "embedding_file", "embedding", "tensor")
+_ROW_KEYS = ("id", "caption", "embedding_file", "embedding_row", "embedding", "tensor")
+MAX_ID_CHARS = 200
+"""Longest upstream id accepted (it becomes part of the record id)."""
+MAX_SHARED_FILES = 10_000
+"""Embedding files named by several rows without `embedding_row` that a plan lists (beyond: a build error)."""
+CLIP = {"img": ("img_emb", "img_emb_", ".npy"), "meta": ("metadata", "metadata_", ".parquet"),
+        "text": ("text_emb", "text_emb_", ".npy")}
+"""clip-retrieval's output (rom1504/clip-retrieval `clip_inference`, as in LAION's embedding releases): per
+shard S, `img_emb/img_emb_S.npy` [N, D], `metadata/metadata_S.parquet` (N rows, same order) and, optionally,
+`text_emb/text_emb_S.npy` [N, D]."""
+_SHARD = re.compile(r"[A-Za-z0-9]{1,32}")
+CLIP_FIELDS = ("id", "caption", "url")
+"""`--column` fields of the clip layout: metadata columns `caption` and `url` by default; the id defaults to
+`<shard>/<row>` (row-aligned files have no other identity)."""
 
 SETTINGS = {
     "encoder": "the model whose embedding space / token vocabulary the vectors belong to (required)",
@@ -77,6 +99,9 @@ SETTINGS = {
               "`tensor` column, else the row id)",
     "task_bytes": "embedding bytes per task (default 67108864)",
     "max_embedding_bytes": "largest embedding accepted (default 268435456)",
+    "caption_prompt": captions.SETTING,
+    "text_embeddings": "clip layout: keep each row's text_emb vector in meta.text_embedding (true, default) or "
+                       "drop them (false)",
 }
 
 
@@ -88,6 +113,8 @@ class Settings:
     tensor: str | None
     task_bytes: int
     max_bytes: int
+    prompt: str
+    text_embeddings: bool
 
 
 def settings(values: Mapping[str, str]) -> Settings:
@@ -109,9 +136,12 @@ def settings(values: Mapping[str, str]) -> Settings:
             raise ValueError(f"--set {key}={values[key]}: expected an integer") from None
         if numbers[key] < 1:
             raise ValueError(f"--set {key}: must be at least 1")
-    origin = re.sub(r"[^A-Za-z0-9_-]+", "_", encoder).strip("_") or "encoder"
+    origin = sources.path_segment(encoder).replace(".", "_")  # bounded; origins allow no dots
+    keep = values.get("text_embeddings", "true").strip().lower()
+    if keep not in ("true", "false"):
+        raise ValueError(f"--set text_embeddings={values['text_embeddings']}: expected true or false")
     return Settings(encoder, origin, dtype, values.get("tensor") or None, numbers["task_bytes"],
-                    numbers["max_embedding_bytes"])
+                    numbers["max_embedding_bytes"], captions.prompt(values), keep == "true")
 
 
 # --- embeddings ------------------------------------------------------------------------------------------
@@ -157,7 +187,9 @@ def _finish(dtype: str, array: np.ndarray, source: dict[str, Any]) -> Embedding:
     return Embedding(dtype, shape, data, source)
 
 
-def _from_npy(path: Path, rel: str, max_bytes: int) -> Embedding:
+def npy_header(path: Path, rel: str) -> tuple[tuple[int, ...], np.dtype, str]:
+    """(shape, dtype, dtype name) from a `.npy` header alone; `RowError` unless it is one of `DTYPES` and the
+    file holds all the bytes the header announces."""
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -167,6 +199,7 @@ def _from_npy(path: Path, rel: str, max_bytes: int) -> Embedding:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except (ValueError, OSError, SyntaxError) as exc:
             raise RowError("bad_embedding", f"{rel}: not a .npy file ({exc})") from None
+        data_start = f.tell()
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise RowError("wrong_dtype", f"{rel}: dtype {dtype} is not numeric (object arrays are never unpickled)")
     name = _NUMPY_DTYPES.get((dtype.kind, dtype.itemsize))
@@ -174,13 +207,58 @@ def _from_npy(path: Path, rel: str, max_bytes: int) -> Embedding:
         raise RowError("wrong_dtype", f"{rel}: dtype {dtype.name} ({dtype.str}) is not one of {', '.join(DTYPES)} "
                         "(.npy cannot hold bfloat16: use .safetensors)")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if data_start + nbytes > path.stat().st_size:
+        raise RowError("bad_embedding", f"{rel}: the header announces {list(shape)} ({nbytes:,} bytes) but the file "
+                        f"is {path.stat().st_size:,} bytes (a truncated download?)")
+    return tuple(int(d) for d in shape), dtype, name
+
+
+def _row_of(shape: tuple[int, ...], index: int, rel: str) -> tuple[int, ...]:
+    """The shape of one row of a shared matrix, checking `index` against it."""
+    if len(shape) < 2:
+        raise RowError("bad_shape", f"{rel}: embedding_row needs a matrix with one embedding per row; its shape "
+                        f"is {list(shape)}")
+    if index >= shape[0]:
+        raise RowError("embedding_row_out_of_range", f"{rel}: embedding_row {index}, but the matrix has "
+                        f"{shape[0]:,} rows")
+    return shape[1:]
+
+
+class _Matrices:
+    """Memory-mapped `.npy` matrices of recently used files (rows of one matrix are read one at a time)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.cache: dict[Path, np.ndarray] = {}
+
+    def get(self, path: Path, rel: str) -> np.ndarray:
+        if path not in self.cache:
+            try:
+                matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise RowError("bad_embedding", f"{rel}: {exc}") from None
+            if len(self.cache) >= self.size:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[path] = matrix
+        return self.cache[path]
+
+
+def _from_npy(path: Path, rel: str, max_bytes: int, index: int | None = None,
+              matrices: _Matrices | None = None) -> Embedding:
+    """The whole file as one embedding, or row `index` of the matrix it holds (read through a memory map)."""
+    shape, dtype, name = npy_header(path, rel)
+    per_row = shape if index is None else _row_of(shape, index, rel)
+    nbytes = int(np.prod(per_row, dtype=np.int64)) * dtype.itemsize
     if nbytes > max_bytes:
         raise RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RowError("bad_embedding", f"{rel}: {exc}") from None
-    return _finish(name, array, {"file": rel, "tensor": None, "stored_as": dtype.str})
+    if index is None:
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise RowError("bad_embedding", f"{rel}: {exc}") from None
+    else:
+        array = np.array((matrices or _Matrices()).get(path, rel)[index])
+    return _finish(name, array, {"file": rel, "tensor": None, "stored_as": dtype.str, "row": index})
 
 
 class _SafetensorsHeaders:
@@ -205,8 +283,8 @@ class _SafetensorsHeaders:
                                 f"{file_size:,}-byte file")
             try:
                 header = json.loads(f.read(n))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RowError("bad_embedding", f"{rel}: header is not JSON ({exc})") from None
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+                raise RowError("bad_embedding", f"{rel}: header is not JSON ({str(exc)[:200]})") from None
         if not isinstance(header, dict):
             raise RowError("bad_embedding", f"{rel}: header is not a JSON object")
         if len(self.cache) >= self.size:
@@ -216,7 +294,7 @@ class _SafetensorsHeaders:
 
 
 def _from_safetensors(path: Path, rel: str, wanted: str | None, max_bytes: int,
-                      headers: _SafetensorsHeaders) -> Embedding:
+                      headers: _SafetensorsHeaders, index: int | None = None) -> Embedding:
     header, data_start, file_size = headers.get(path, rel)
     names = [k for k in header if k != "__metadata__"]
     if len(names) == 1:
@@ -239,16 +317,18 @@ def _from_safetensors(path: Path, rel: str, wanted: str | None, max_bytes: int,
         raise RowError("bad_embedding", f"{rel}: tensor {name!r} has a malformed shape or data_offsets")
     begin, end = offsets
     nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
-    if nbytes > max_bytes:
-        raise RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
+    per_row = tuple(shape) if index is None else _row_of(tuple(shape), index, rel)
+    row_bytes = int(np.prod(per_row, dtype=np.int64)) * _ITEMSIZE[dtype]
+    if row_bytes > max_bytes:
+        raise RowError("too_large", f"{rel}: {row_bytes:,} bytes exceeds the {max_bytes:,}-byte cap")
     if not 0 <= begin <= end or end - begin != nbytes or data_start + end > file_size:
         raise RowError("bad_embedding", f"{rel}: tensor {name!r} offsets {offsets} do not match shape {shape} "
                         f"({nbytes:,} bytes) within the {file_size:,}-byte file")
     with open(path, "rb") as f:
-        f.seek(data_start + begin)
-        raw = f.read(nbytes)
-    array = np.frombuffer(raw, dtype=_LE[dtype]).reshape(shape)
-    return _finish(dtype, array, {"file": rel, "tensor": name, "stored_as": str(info["dtype"])})
+        f.seek(data_start + begin + (index or 0) * row_bytes)
+        raw = f.read(row_bytes)
+    array = np.frombuffer(raw, dtype=_LE[dtype]).reshape(per_row)
+    return _finish(dtype, array, {"file": rel, "tensor": name, "stored_as": str(info["dtype"]), "row": index})
 
 
 def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
@@ -265,7 +345,7 @@ def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
     if array.dtype.kind not in "iuf":
         raise RowError("wrong_type", f"embedding values must be numbers, got {array.dtype.kind!r} values "
                         f"({'booleans' if array.dtype.kind == 'b' else array.dtype.name})")
-    source = {"file": None, "tensor": None, "stored_as": "json"}
+    source = {"file": None, "tensor": None, "stored_as": "json", "row": None}
     if dtype == "int32":
         if array.dtype.kind == "f":
             if _finite("float32", array):
@@ -286,12 +366,24 @@ def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
     return _finish(dtype, cast, source)
 
 
-def load_embedding(row: Mapping[str, Any], base: Path, s: Settings,
-                   headers: _SafetensorsHeaders | None = None) -> Embedding:
-    """The row's embedding, checked; `RowError` with a reject reason otherwise."""
-    file, inline = row.get("embedding_file"), row.get("embedding")
+def load_embedding(row: Mapping[str, Any], base: Path, s: Settings, headers: _SafetensorsHeaders | None = None,
+                   matrices: _Matrices | None = None, named_by: int = 0) -> Embedding:
+    """The row's embedding, checked; `RowError` with a reject reason otherwise.
+
+    `embedding_file` alone: the file is the row's embedding. With `embedding_row` (an integer): the file is a
+    matrix shared by many rows ([N, ...], a `.npy` or a `.safetensors` tensor) and the row's embedding is its
+    row `embedding_row` ([...]). `named_by`: how many rows name this file without `embedding_row`; more than
+    one for a file that is one array (a `.npy`, a one-tensor `.safetensors`) is `shared_embedding_file`: each
+    caption has its own synthesised embedding, so such a file is the matrix of several rows, never stored whole
+    in each of them."""
+    file, inline, index = row.get("embedding_file"), row.get("embedding"), row.get("embedding_row")
     if file is not None and inline is not None:
         raise RowError("ambiguous_embedding", "row has both embedding_file and embedding; keep one")
+    if index is not None:
+        if file is None:
+            raise RowError("missing_embedding", "row has embedding_row but no embedding_file (the matrix it indexes)")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise RowError("wrong_type", f"embedding_row must be a row number (an integer >= 0), got {index!r}"[:200])
     if inline is not None:
         return _from_inline(inline, s.dtype, s.max_bytes)
     if file is None:
@@ -308,10 +400,16 @@ def load_embedding(row: Mapping[str, Any], base: Path, s: Settings,
     if not path.is_file():
         raise RowError("missing_file", f"{file} not found under the source folder")
     try:
+        headers = headers or _SafetensorsHeaders()
+        if named_by > 1 and index is None and (suffix == "npy" or len(
+                [k for k in headers.get(path, file)[0] if k != "__metadata__"]) == 1):
+            raise RowError("shared_embedding_file", f"{file} is named by {named_by:,} rows without embedding_row: "
+                           "a file shared by rows is a matrix of their embeddings, one per row, so each row must "
+                           "give its embedding_row (stored whole, the whole matrix would land in every row)")
         if suffix == "npy":
-            return _from_npy(path, file, s.max_bytes)
+            return _from_npy(path, file, s.max_bytes, index, matrices)
         wanted = s.tensor or row.get("tensor") or str(row.get("id"))
-        return _from_safetensors(path, file, wanted, s.max_bytes, headers or _SafetensorsHeaders())
+        return _from_safetensors(path, file, wanted, s.max_bytes, headers, index)
     except OSError as exc:
         raise RowError("missing_file", f"{file}: {exc}") from None
 
@@ -324,6 +422,8 @@ def _row_id(value: Any) -> str:
     text = str(value)
     if re.search(r"\s", text):
         raise RowError("bad_id", f"id {text[:80]!r} contains whitespace")
+    if len(text) > MAX_ID_CHARS:
+        raise RowError("bad_id", f"id {text[:40]!r}... is {len(text):,} characters; at most {MAX_ID_CHARS}")
     return text
 
 
@@ -343,27 +443,98 @@ class _Accepted:
     caption: str
     embedding: Embedding
     extra: dict[str, Any]
+    urls: list[str] = field(default_factory=list)
+    text: dict[str, Any] | None = None
+    """clip layout: the row's text embedding (kept in `meta.text_embedding`)."""
 
 
-def _check_row(value: Any, base: Path, s: Settings, headers: _SafetensorsHeaders) -> _Accepted:
+@dataclass
+class _Context:
+    """What checking a row needs besides the row."""
+
+    base: Path
+    s: Settings
+    shared: Mapping[str, int]
+    """`_file_key` -> rows naming that file without `embedding_row` (only keys named by two rows or more)."""
+    headers: _SafetensorsHeaders = field(default_factory=_SafetensorsHeaders)
+    matrices: _Matrices = field(default_factory=_Matrices)
+
+
+@dataclass(frozen=True)
+class _ClipRow:
+    """One metadata row of a clip-retrieval shard, with the matrices its embeddings are rows of."""
+
+    shard: str
+    row: int
+    values: dict[str, Any]
+    matrix: np.ndarray
+    text: np.ndarray | None
+    files: Mapping[str, str | None]
+    fields: Mapping[str, str | None]
+
+    @property
+    def fallback_id(self) -> str:
+        return f"{self.shard}/{self.row}"
+
+
+def _file_key(file: str) -> str:
+    return hashlib.blake2b(file.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _check_row(value: Any, ctx: _Context) -> _Accepted:
+    if isinstance(value, _ClipRow):
+        return _check_clip(value)
     if isinstance(value, sources.BadRow):
         raise RowError(value.reason, value.detail)
     if not isinstance(value, dict):
         raise RowError("wrong_type", f"row must be an object, got {type(value).__name__}")
     upstream_id = _row_id(value.get("id"))
     caption = _caption(value.get("caption"))
-    embedding = load_embedding(value, base, s, headers)
+    file = value.get("embedding_file")
+    named = ctx.shared.get(_file_key(file), 0) if isinstance(file, str) else 0
+    embedding = load_embedding(value, ctx.base, ctx.s, ctx.headers, ctx.matrices, named)
     extra = {k: sources.to_jsonable(v) for k, v in value.items() if k not in _ROW_KEYS}
     return _Accepted(upstream_id, caption, embedding, extra)
 
 
+def _check_clip(value: _ClipRow) -> _Accepted:
+    id_column, caption_column, url_column = (value.fields[f] for f in CLIP_FIELDS)
+    upstream_id = value.fallback_id if id_column is None else _row_id(value.values.get(id_column))
+    caption = _caption(value.values.get(str(caption_column)))
+    kind = value.matrix.dtype
+    embedding = _finish(_NUMPY_DTYPES[(kind.kind, kind.itemsize)], np.array(value.matrix[value.row]),
+                        {"file": value.files["img"], "tensor": None, "stored_as": kind.str, "row": value.row})
+    text = None
+    if value.text is not None:
+        name = _NUMPY_DTYPES[(value.text.dtype.kind, value.text.dtype.itemsize)]
+        vector = np.ascontiguousarray(value.text[value.row]).astype(_LE[name], copy=False)
+        text = {"file": value.files["text"], "row": value.row, "dtype": name, "shape": list(vector.shape),
+                "stored_as": value.text.dtype.str, "data": base64.b64encode(vector.tobytes()).decode("ascii")}
+    url = value.values.get(str(url_column))
+    used = {c for c in (id_column, caption_column, url_column) if c is not None}
+    extra = {k: sources.to_jsonable(v) for k, v in value.values.items() if k not in used}
+    return _Accepted(upstream_id, caption, embedding, extra, [url] if isinstance(url, str) and url else [], text)
+
+
 # --- planning and reading --------------------------------------------------------------------------------
+
+def _layout(source: Path) -> str:
+    """`clip` (img_emb/ + metadata/ shards) or `rows` (captions.jsonl / captions.parquet)."""
+    clip = [f"{CLIP[k][0]}/" for k in ("img", "meta") if (source / CLIP[k][0]).is_dir()]
+    rows = [name for name in SOURCE_FILES if (source / name).is_file()]
+    if clip and rows:
+        raise BuildError(f"{source} holds both {' and '.join(rows)} and clip-retrieval shards ({', '.join(clip)}); "
+                         "keep one layout so every pair is read once")
+    return "clip" if clip else "rows"
+
 
 def _source_file(source: Path) -> str:
     present = [name for name in SOURCE_FILES if (source / name).is_file()]
     if not present:
-        raise BuildError(f"{source} holds neither {' nor '.join(SOURCE_FILES)}: a Synth²-style source is one of "
-                         "them (id, caption, embedding_file or embedding per row) plus the embedding files")
+        raise BuildError(f"{source} holds neither {' nor '.join(SOURCE_FILES)} nor clip-retrieval shards "
+                         "(img_emb/img_emb_N.npy + metadata/metadata_N.parquet): a Synth²-style source is one of "
+                         "them (id, caption, embedding_file [+ embedding_row] or embedding per row) plus the "
+                         "embedding files, or the clip-retrieval layout")
     if len(present) > 1:
         raise BuildError(f"{source} holds both {' and '.join(present)}; keep one so every pair is read once")
     return present[0]
@@ -387,19 +558,67 @@ def _all_rows(source: Path, name: str) -> Iterator[tuple[int, Any]]:
     return sources.iter_parquet(source / name, name)
 
 
+def _shared_files(source: Path, name: str) -> dict[str, int]:
+    """Embedding files named by two rows or more without `embedding_row` (`_file_key` -> rows).
+
+    One pass over the file names only (parquet: those columns; JSONL: the lines naming an embedding_file),
+    keeping 8-byte digests, so memory stays ~8 bytes per row."""
+    keys = array("q")
+
+    def add(file: Any, row: Any, inline: Any = None) -> None:
+        if isinstance(file, str) and row is None and inline is None:
+            keys.append(int.from_bytes(bytes.fromhex(_file_key(file)), "big", signed=True))
+
+    if name.endswith(".jsonl"):
+        with open(source / name, "rb") as f:
+            for line in f:
+                if b'"embedding_file"' in line:
+                    value = sources.parse_json_line(line)
+                    if isinstance(value, dict):
+                        add(value.get("embedding_file"), value.get("embedding_row"), value.get("embedding"))
+    else:
+        try:
+            pf = pq.ParquetFile(source / name)
+            names = pf.schema_arrow.names
+            if "embedding_file" in names:
+                columns = [c for c in ("embedding_file", "embedding_row", "embedding") if c in names]
+                for batch in pf.iter_batches(batch_size=65_536, columns=columns):
+                    got = {c: batch.column(c).to_pylist() for c in columns}
+                    empty = [None] * batch.num_rows
+                    for file, row, inline in zip(got["embedding_file"], got.get("embedding_row", empty),
+                                                 got.get("embedding", empty), strict=True):
+                        add(file, row, inline)
+        except (pa.ArrowException, OSError):
+            pass  # the reader reports the file
+    if not keys:
+        return {}
+    unique, counts = np.unique(np.frombuffer(keys, dtype=np.int64), return_counts=True)
+    shared = {int(k).to_bytes(8, "big", signed=True).hex(): int(n) for k, n in zip(unique, counts, strict=True)
+              if n > 1}
+    if len(shared) > MAX_SHARED_FILES:
+        raise BuildError(f"{name}: {len(shared):,} embedding files are each named by several rows without "
+                         "embedding_row; a file shared by rows is a matrix of their embeddings, so give every row "
+                         "its embedding_row (its row in that matrix)")
+    return shared
+
+
 def plan(options: Options) -> list[Task]:
     """Fix the config's dtype and shape from the first acceptable row, then slice the rows into tasks."""
     s = settings(options.settings)
+    if _layout(options.source) == "clip":
+        return _clip_plan(options, s)
     if options.columns:
-        raise ValueError("synth2 takes no --column mappings: rows use the fixed keys id, caption, embedding_file "
-                         "or embedding")
+        raise ValueError("synth2 takes --column mappings (caption, url, id) for the clip-retrieval layout only: "
+                         "captions.jsonl/.parquet rows use the fixed keys id, caption, embedding_file "
+                         "[+ embedding_row] or embedding")
     name = _source_file(options.source)
+    shared = _shared_files(options.source, name)
+    ctx = _Context(options.source, s, shared)
     reference: Embedding | None = None
-    headers = _SafetensorsHeaders()
     try:
         for _, value in _all_rows(options.source, name):
             try:
-                reference = _check_row(value, options.source, s, headers).embedding
+                reference = _check_row(value, ctx).embedding
                 break
             except RowError:
                 continue
@@ -407,6 +626,7 @@ def plan(options: Options) -> list[Task]:
         pass  # the reader reports it
     ref = None if reference is None else {"dtype": reference.dtype, "shape": list(reference.shape)}
     rows_per_task = max(1, min(100_000, s.task_bytes // max(1, len(reference.data) if reference else 1)))
+    common = {"reference": ref, "shared": shared}
     tasks = []
     if name.endswith(".jsonl"):
         starts = []
@@ -417,51 +637,187 @@ def plan(options: Options) -> list[Task]:
                     starts.append((position, row))
                 position += len(line)
         for part, (offset, first) in enumerate(starts):
-            tasks.append(Task(name, part, len(starts), {"reference": ref, "offset": offset, "first_row": first,
+            tasks.append(Task(name, part, len(starts), {**common, "offset": offset, "first_row": first,
                                                          "rows": rows_per_task}))
-        return tasks or [Task(name, options={"reference": ref, "offset": 0, "first_row": 0, "rows": 0})]
+        return tasks or [Task(name, options={**common, "offset": 0, "first_row": 0, "rows": 0})]
     try:
         meta = pq.read_metadata(options.source / name)
     except Exception:  # noqa: BLE001 - the reader turns an unreadable file into a file-level reject
-        return [Task(name, options={"reference": ref, "start": 0, "stop": None})]
+        return [Task(name, options={**common, "start": 0, "stop": None})]
     slices = []
     offset = 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
         slices += [(offset + a, offset + min(n, a + rows_per_task)) for a in range(0, n, rows_per_task)]
         offset += n
-    return [Task(name, part, len(slices), {"reference": ref, "start": a, "stop": b})
-            for part, (a, b) in enumerate(slices)] or [Task(name, options={"reference": ref, "start": 0, "stop": 0})]
+    return [Task(name, part, len(slices), {**common, "start": a, "stop": b})
+            for part, (a, b) in enumerate(slices)] or [Task(name, options={**common, "start": 0, "stop": 0})]
+
+
+# --- the clip-retrieval layout ---------------------------------------------------------------------------
+
+def _clip_fields(options: Options) -> dict[str, str | None]:
+    unknown = sorted(set(options.columns) - set(CLIP_FIELDS))
+    if unknown:
+        raise ValueError(f"--column {', '.join(unknown)}: unknown field; known: {', '.join(CLIP_FIELDS)}")
+    return {"id": options.columns.get("id"), "caption": options.columns.get("caption", "caption"),
+            "url": options.columns.get("url", "url")}
+
+
+def _clip_shards(source: Path) -> list[tuple[str, dict[str, str]]]:
+    """(shard suffix, {img, meta, text: relative path}) in shard order; other file names are not read."""
+    shards: dict[str, dict[str, str]] = {}
+    for kind, (folder, prefix, ext) in CLIP.items():
+        if not (source / folder).is_dir():
+            continue
+        for path in (source / folder).iterdir():
+            name = path.name
+            suffix = name[len(prefix):-len(ext)] if name.startswith(prefix) and name.endswith(ext) else ""
+            if _SHARD.fullmatch(suffix) and path.is_file():
+                shards.setdefault(suffix, {})[kind] = f"{folder}/{name}"
+    if not any("img" in files or "meta" in files for files in shards.values()):
+        raise BuildError(f"{source}: img_emb/ and metadata/ hold no img_emb_N.npy / metadata_N.parquet shards "
+                         "(the clip-retrieval layout)")
+    return sorted(((k, v) for k, v in shards.items() if "img" in v or "meta" in v),
+                  key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
+
+
+@dataclass
+class _Shard:
+    suffix: str
+    file: str
+    """The task file: the metadata parquet (the img_emb matrix when metadata is missing)."""
+    rows: int
+    files: dict[str, str]
+    error: tuple[str, str] | None = None
+    dtype: str = ""
+    row_shape: tuple[int, ...] = ()
+    row_bytes: int = 1
+    groups: tuple[int, ...] = ()
+
+
+def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mapping[str, str | None],
+                s: Settings) -> _Shard:
+    """Check one shard from its parquet footer and `.npy` headers only (no data is read)."""
+    meta, img = files.get("meta"), files.get("img")
+    if meta is None:
+        assert img is not None
+        try:
+            rows = npy_header(source / img, img)[0][0]
+        except (RowError, IndexError):
+            rows = 1
+        return _Shard(suffix, img, rows, files, ("missing_metadata", f"no {CLIP['meta'][0]}/{CLIP['meta'][1]}"
+                      f"{suffix}.parquet beside it: its {rows:,} embeddings have no captions"))
+    try:
+        footer = pq.read_metadata(source / meta)
+    except (pa.ArrowException, OSError) as exc:
+        return _Shard(suffix, meta, 1, files, ("bad_parquet", str(exc).splitlines()[0][:200]))
+    shard = _Shard(suffix, meta, footer.num_rows, files,
+                   groups=tuple(footer.row_group(i).num_rows for i in range(footer.num_row_groups)))
+    if img is None:
+        shard.error = ("missing_embedding_file", f"no {CLIP['img'][0]}/{CLIP['img'][1]}{suffix}.npy beside it: "
+                       f"its {shard.rows:,} captions have no image embeddings")
+        return shard
+    names = footer.schema.to_arrow_schema().names
+    wanted = [c for f, c in fields.items() if c is not None and (f != "url" or c != "url")]  # url: optional
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        shard.error = ("unexpected_schema", f"no column {', '.join(map(repr, missing))} (columns: "
+                       f"{', '.join(names)[:300]}); map yours with --column caption=NAME (or id=, url=)")
+        return shard
+    try:
+        shapes = {"img": npy_header(source / img, img)}
+        if files.get("text") and s.text_embeddings:
+            shapes["text"] = npy_header(source / files["text"], files["text"])
+    except RowError as exc:
+        shard.error = (exc.reason, exc.detail)
+        return shard
+    for kind, (shape, _, _) in shapes.items():
+        rel = files[kind]
+        if len(shape) < 2:
+            shard.error = ("bad_shape", f"{rel}: shape {list(shape)}: expected a matrix, one embedding per row")
+        elif shape[0] != shard.rows:
+            hint = "" if kind == "img" else "; --set text_embeddings=false builds without the text embeddings"
+            shard.error = ("row_count_mismatch", f"{rel} holds {shape[0]:,} rows but {meta} {shard.rows:,}: "
+                           f"they are not row-aligned, so no row can be paired with its caption{hint}")
+        if shard.error:
+            return shard
+    shape, dtype, name = shapes["img"]
+    shard.dtype, shard.row_shape = name, shape[1:]
+    shard.row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    if shard.row_bytes > s.max_bytes:
+        shard.error = ("too_large", f"{img}: {shard.row_bytes:,} bytes per embedding exceeds the "
+                       f"{s.max_bytes:,}-byte cap")
+    return shard
+
+
+def _clip_plan(options: Options, s: Settings) -> list[Task]:
+    """One task per slice of a shard's metadata row groups; the first good shard fixes dtype and row shape."""
+    fields = _clip_fields(options)
+    shards = [_clip_shard(options.source, suffix, files, fields, s)
+              for suffix, files in _clip_shards(options.source)]
+    first = next((sh for sh in shards if sh.error is None), None)
+    ref = None if first is None else {"dtype": first.dtype, "shape": list(first.row_shape)}
+    tasks = []
+    for sh in shards:
+        text = sh.files.get("text") if s.text_embeddings else None
+        base = {"layout": "clip", "shard": sh.suffix, "img": sh.files.get("img"), "text": text, "fields": fields,
+                "reference": ref, READS: [f for f in (sh.files.get("img"), text) if f and f != sh.file]}
+        if sh.error is not None:
+            tasks.append(Task(sh.file, options={**base, "error": list(sh.error), "start": 0, "stop": max(1, sh.rows)}))
+            continue
+        per = max(1, min(100_000, s.task_bytes // sh.row_bytes))
+        slices, offset = [], 0
+        for n in sh.groups:
+            slices += [(offset + a, offset + min(n, a + per)) for a in range(0, n, per)]
+            offset += n
+        tasks += [Task(sh.file, part, len(slices), {**base, "start": a, "stop": b})
+                  for part, (a, b) in enumerate(slices)]
+    return tasks
+
+
+def _clip_rows(task: Task, source: Path) -> Iterator[tuple[int, Any]]:
+    """The task's metadata rows, each with the (memory-mapped) matrices its embeddings are rows of."""
+    o = task.options
+    if o.get("error"):  # found unusable by plan: none of its rows is read (hubsets.builder)
+        raise sources.SourceError(task.file, 0, *o["error"])
+    try:
+        matrix = np.load(source / o["img"], mmap_mode="r", allow_pickle=False)
+        text = np.load(source / o["text"], mmap_mode="r", allow_pickle=False) if o.get("text") else None
+    except (ValueError, OSError) as exc:
+        raise sources.SourceError(task.file, o["start"], "bad_embedding", str(exc)[:200]) from None
+    files = {"img": o["img"], "text": o.get("text")}
+    for row, values in sources.iter_parquet(source / task.file, task.file, start=o["start"], stop=o["stop"]):
+        yield row, _ClipRow(o["shard"], row, values, matrix, text, files, o["fields"])
 
 
 def read(task: Task, options: Options) -> Iterator[Item]:
     s = settings(options.settings)
     ref = task.options["reference"]
-    headers = _SafetensorsHeaders()
-    if task.file.endswith(".jsonl"):
-        rows: Iterator[tuple[int, Any]] = _jsonl_rows(options.source / task.file, task.options["offset"],
-                                                      task.options["first_row"], task.options["rows"])
+    ctx = _Context(options.source, s, task.options.get("shared") or {})
+    if task.options.get("layout") == "clip":
+        rows: Iterator[tuple[int, Any]] = _clip_rows(task, options.source)
+    elif task.file.endswith(".jsonl"):
+        rows = _jsonl_rows(options.source / task.file, task.options["offset"], task.options["first_row"],
+                           task.options["rows"])
     else:
         rows = sources.iter_parquet(options.source / task.file, task.file, start=task.options["start"],
                                     stop=task.options["stop"])
-    try:
-        for row, value in rows:
-            yield _item(task.file, row, value, options.source, s, ref, headers)
-    except sources.SourceError as exc:
-        stop = task.options.get("stop")
-        if exc.row is None or stop is None:  # the file itself cannot be read
-            yield Reject(task.file, exc.row, None, s.origin, exc.reason, exc.detail)
-        else:  # one reject stands for every row of the slice from the one that failed
-            yield Reject(task.file, exc.row, None, s.origin, exc.reason,
-                         f"{exc.detail}; rows {exc.row}..{stop - 1} could not be read", count=max(1, stop - exc.row))
+    # a file that stops being readable raises sources.SourceError here, after its readable rows (hubsets.builder)
+    for row, value in rows:
+        yield _item(task.file, row, value, ctx, ref)
 
 
-def _item(file: str, row: int, value: Any, base: Path, s: Settings, ref: dict[str, Any] | None,
-          headers: _SafetensorsHeaders) -> Item:
-    raw_id = value.get("id") if isinstance(value, dict) else None
-    upstream_id = None if raw_id is None else str(raw_id)
+def _item(file: str, row: int, value: Any, ctx: _Context, ref: dict[str, Any] | None) -> Item:
+    s = ctx.s
+    if isinstance(value, _ClipRow):
+        column = value.fields["id"]
+        raw_id = value.fallback_id if column is None else value.values.get(column)
+    else:
+        raw_id = value.get("id") if isinstance(value, dict) else None
+    upstream_id = None if raw_id is None else str(raw_id)[:MAX_ID_CHARS]
     try:
-        accepted = _check_row(value, base, s, headers)
+        accepted = _check_row(value, ctx)
         e = accepted.embedding
         if ref is not None and e.dtype != ref["dtype"]:
             raise RowError("dtype_mismatch", f"dtype {e.dtype}, but this config's embeddings are {ref['dtype']} "
@@ -473,8 +829,11 @@ def _item(file: str, row: int, value: Any, base: Path, s: Settings, ref: dict[st
         return Reject(file, row, upstream_id, s.origin, exc.reason, exc.detail)
     meta: dict[str, Any] = {"source_file": file, "source_row": row, "upstream_id": accepted.upstream_id,
                             "embedding": e.source, "upstream": accepted.extra}
+    if accepted.text is not None:
+        meta["text_embedding"] = accepted.text
     record = empty_record(
         id=f"synth2/{s.origin}/{accepted.upstream_id}", dataset=DATASET, origin=s.origin,
+        image_urls=accepted.urls, messages=captions.exchange(s.prompt, accepted.caption),
         caption=accepted.caption, meta=meta,
         image_embedding={"encoder": s.encoder, "dtype": e.dtype, "shape": list(e.shape), "data": e.data},
     )
@@ -487,7 +846,12 @@ def record_stats(record: Record) -> dict[str, int]:
     e = record["image_embedding"]
     source = record["meta"]["embedding"]
     kind = "inline" if source["file"] is None else source["file"].rsplit(".", 1)[-1].lower()
-    return {f"embedding:{e['encoder']}|{e['dtype']}|{'x'.join(map(str, e['shape']))}": 1, f"source:{kind}": 1}
+    stats = {f"embedding:{e['encoder']}|{e['dtype']}|{'x'.join(map(str, e['shape']))}": 1, f"source:{kind}": 1}
+    if source.get("row") is not None:
+        stats["matrix_rows"] = 1
+    if "text_embedding" in record["meta"]:
+        stats["text_embeddings"] = 1
+    return stats
 
 
 def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -503,4 +867,9 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     sources_line = ", ".join(f"{stats.get(f'source:{k}', 0):,} from `{label}`"
                              for k, label in (("npy", ".npy"), ("safetensors", ".safetensors"),
                                               ("inline", "inline lists")))
-    return {"embedding_table": "\n".join(lines), "embedding_sources": sources_line}
+    sources_line += (f"; {stats.get('matrix_rows', 0):,} of them are rows of a shared matrix (`embedding_row`, or "
+                     f"the clip-retrieval layout), {stats.get('text_embeddings', 0):,} carry a text embedding")
+    prompt = captions.prompt(manifest["options"]["settings"])
+    messages = (f"user `[{{\"type\": \"image\"}}, {{\"type\": \"text\", \"text\": "
+                f"{json.dumps(prompt, ensure_ascii=False)}}}]`, assistant: the caption")
+    return {"embedding_table": "\n".join(lines), "embedding_sources": sources_line, "messages": messages}

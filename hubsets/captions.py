@@ -4,7 +4,8 @@ Upstream publishes (image, caption) pairs, not conversations, and an empty `mess
 template and TRL's conversational checks. So a row with an image becomes one exchange: a user turn holding
 the image part and the instruction (`--set caption_prompt=...`, default `DEFAULT_PROMPT`), and an assistant
 turn holding the caption exactly as published. A row without any image gets the caption as a lone
-assistant turn (`caption_only`): no instruction that claims an image the row does not hold.
+assistant turn (`caption_only`): no instruction that claims an image the row does not hold. Synth²'s rows
+hold their image as an embedding: they get the exchange, and its image part stands for `image_embedding`.
 """
 
 from __future__ import annotations

@@ -303,6 +303,31 @@ def make_synth2(root: Path, *, dtype: str = "float16", shape: tuple[int, ...] = 
     return out
 
 
+def make_clip_embeddings(root: Path, *, shards: tuple[tuple[str, int], ...] = (("0", 5), ("1", 4)), dim: int = 8,
+                         dtype: str = "float16", text: bool = True) -> list[dict[str, Any]]:
+    """clip-retrieval's output layout (rom1504/clip-retrieval `clip_inference`, as LAION's embedding releases
+    publish it): per shard S, `img_emb/img_emb_S.npy` [N, dim], `metadata/metadata_S.parquet` with N rows in
+    the same order (`image_path`, `caption`, `url`, `key`, `similarity`) and, with `text`,
+    `text_emb/text_emb_S.npy` [N, dim]. Returns one dict per row (`shard`, `row`, its metadata, and `image` /
+    `text`: the float32 values of its two vectors)."""
+    out: list[dict[str, Any]] = []
+    for folder in ("img_emb", "metadata", *(("text_emb",) if text else ())):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for number, (suffix, rows) in enumerate(shards):
+        meta = [{"image_path": f"{number:05d}{i:04d}.jpg", "caption": f"A synthetic scene {suffix}.{i}.",
+                 "url": f"https://img.example.com/{suffix}/{i}.jpg", "key": f"{number:05d}{i:04d}",
+                 "similarity": 0.25 + i / 100} for i in range(rows)]
+        image = np.stack([synth2_array(100 * number + i, dtype, (dim,)) for i in range(rows)]) if rows else \
+            np.zeros((0, dim), dtype=np.float32)
+        words = -image[:, ::-1] if rows else image
+        np.save(root / "img_emb" / f"img_emb_{suffix}.npy", image.astype(SYNTH2_NUMPY[dtype]))
+        if text:
+            np.save(root / "text_emb" / f"text_emb_{suffix}.npy", words.astype(SYNTH2_NUMPY[dtype]))
+        pq.write_table(pa.Table.from_pylist(meta), root / "metadata" / f"metadata_{suffix}.parquet", row_group_size=3)
+        out += [{"shard": suffix, "row": i, **m, "image": image[i], "text": words[i]} for i, m in enumerate(meta)]
+    return out
+
+
 # --- a scripted local HTTP image server (fetch tests and benchmarks) ---------------------------------------
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 from hubsets.builders import synth2
@@ -52,12 +56,17 @@ def test_every_dtype_round_trips_exactly_from_npy_safetensors_and_inline(tmp_pat
         assert np.array_equal(decode(e), source["expected"])
         assert row["caption"] == source["caption"]
         assert row["id"] == f"synth2/vqgan_f16/{source['id']}" and row["origin"] == "vqgan_f16"
-        assert row["images"] == [] and row["messages"] == []
+        # a captioning exchange whose image part stands for the embedding (`images` stays empty)
+        assert row["images"] == [] and row["messages"] == [
+            {"role": "user", "content": [{"type": "image", "text": None},
+                                         {"type": "text", "text": "Describe this image in detail."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": source["caption"]}]}]
         assert row["meta"]["upstream"] == {"generator": "unit-test-t2i"}
     kinds = {r["meta"]["embedding"]["stored_as"] for r in ds}
     assert "json" in kinds and len(kinds) >= 2  # inline and at least one file format
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"| `vqgan/f16` | `{dtype}` | `[3, 5]` |" in card and "license: other" in card
+    assert '{"type": "text", "text": "Describe this image in detail."}' in card and "the image *is*" in card
 
 
 def test_files_written_by_the_safetensors_library_are_read_exactly(tmp_path):
@@ -95,6 +104,8 @@ def planted(root: Path, canary: Path) -> dict[str, str]:
     np.save(emb / "f32.npy", good.astype(np.float32))
     np.save(emb / "wide.npy", np.zeros((4, 9), dtype=np.float16))
     np.save(emb / "big_endian.npy", good.astype(">f2"))
+    np.save(emb / "other.npy", good.astype("<f2"))  # one file per row: a file named by several rows is shared
+    np.save(emb / "another.npy", good.astype("<f2"))
     inf = good.astype(np.float16)
     inf[1, 2] = np.inf
     np.save(emb / "inf.npy", inf)
@@ -125,8 +136,8 @@ def planted(root: Path, canary: Path) -> dict[str, str]:
         "ragged": ({"embedding": [[1.0, 2.0], [3.0]]}, "bad_shape"),
         "strings": ({"embedding": [["a"] * 8] * 4}, "wrong_type"),
         "scalar": ({"embedding": 3.0}, "wrong_type"),
-        "nocaption": ({"caption": "  ", "embedding_file": "embeddings/big_endian.npy"}, "empty_caption"),
-        "has space": ({"embedding_file": "embeddings/big_endian.npy"}, "bad_id"),
+        "nocaption": ({"caption": "  ", "embedding_file": "embeddings/other.npy"}, "empty_caption"),
+        "has space": ({"embedding_file": "embeddings/another.npy"}, "bad_id"),
     }
     rows: list[dict] = []
     for i in range(3):
@@ -234,3 +245,106 @@ def test_pickle_payload_is_real(tmp_path):
     """The exploit used above acts when unpickled (so its absence proves something)."""
     pickle.loads(pickle.dumps(Exploit(tmp_path / "PWNED")))
     assert (tmp_path / "PWNED").exists()
+
+
+# --- the clip-retrieval layout and shared matrices ------------------------------------------------------------
+
+def test_clip_retrieval_layout_pairs_each_caption_with_its_row_of_the_matrices(tmp_path):
+    rows = samples.make_clip_embeddings(tmp_path / "src", dim=8, dtype="float16")
+    manifest, ds = built(tmp_path / "src", tmp_path / "out", task_bytes="32")  # 2 rows per task
+    assert len(ds) == len(rows) == 9 and manifest["rejects"]["rows"] == 0
+    assert len(synth2.plan(Options(source=tmp_path / "src", settings={"encoder": "e", "task_bytes": "32"}))) == 6
+    expected = {f"{r['shard']}/{r['row']}": r for r in rows}
+    for row in ds:
+        source = expected[row["meta"]["upstream_id"]]
+        e = row["image_embedding"]
+        # one row's vector per row (16 bytes), never the shard's whole [N, 8] matrix
+        assert e["shape"] == [8] and len(e["data"]) == 16 and np.array_equal(decode(e), source["image"])
+        assert row["id"] == f"synth2/vqgan_f16/{source['shard']}/{source['row']}"
+        assert row["caption"] == source["caption"] and row["image_urls"] == [source["url"]]
+        assert row["meta"]["embedding"] == {"file": f"img_emb/img_emb_{source['shard']}.npy", "tensor": None,
+                                            "stored_as": "<f2", "row": source["row"]}
+        assert row["meta"]["upstream"] == {"image_path": source["image_path"], "key": source["key"],
+                                           "similarity": source["similarity"]}
+        t = row["meta"]["text_embedding"]
+        assert (t["file"], t["row"], t["dtype"], t["shape"]) == (f"text_emb/text_emb_{source['shard']}.npy",
+                                                                 source["row"], "float16", [8])
+        assert np.array_equal(np.frombuffer(base64.b64decode(t["data"]), "<f2"), source["text"])
+        assert row["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": source["caption"]}]}
+    keyed = build("synth2", Options(source=tmp_path / "src", columns={"id": "key"},
+                                    settings={"encoder": "vqgan/f16", "text_embeddings": "false"}),
+                  tmp_path / "keyed", progress=False)
+    assert validate_folder(tmp_path / "keyed") == [] and keyed["rejects"]["rows"] == 0
+    ds = load_dataset(str(tmp_path / "keyed"), split="train", cache_dir=str(tmp_path / ".hf-keyed"))
+    assert sorted(ds["id"]) == sorted(f"synth2/vqgan_f16/{r['key']}" for r in rows)
+    assert all("text_embedding" not in r["meta"] and "key" not in r["meta"]["upstream"] for r in ds)
+
+
+def test_clip_shards_that_do_not_line_up_are_bad_files_never_mispaired(tmp_path):
+    src = tmp_path / "src"
+    rows = samples.make_clip_embeddings(src, shards=(("00", 4), ("01", 3), ("02", 3), ("03", 2)), dim=4)
+    np.save(src / "img_emb" / "img_emb_01.npy", np.zeros((2, 4), dtype=np.float16))   # 2 vectors, 3 captions
+    np.save(src / "text_emb" / "text_emb_02.npy", np.zeros((5, 4), dtype=np.float16))  # text side misaligned
+    (src / "img_emb" / "img_emb_03.npy").unlink()                                       # captions, no vectors
+    np.save(src / "img_emb" / "img_emb_04.npy", np.zeros((6, 4), dtype=np.float16))   # vectors, no captions
+    (src / "img_emb" / "notes.txt").write_text("not a shard")
+    with pytest.raises(BuildError, match="missing_metadata"):
+        build("synth2", Options(source=src, settings={"encoder": "e"}), tmp_path / "out", progress=False)
+    manifest = build("synth2", Options(source=src, settings={"encoder": "e"}), tmp_path / "out",
+                     allow_bad_files=True, progress=False)
+    bad = {f["file"]: f for f in manifest["rejects"]["bad_files"]}
+    assert {file: f["reason"] for file, f in bad.items()} == {
+        "metadata/metadata_01.parquet": "row_count_mismatch", "metadata/metadata_02.parquet": "row_count_mismatch",
+        "metadata/metadata_03.parquet": "missing_embedding_file", "img_emb/img_emb_04.npy": "missing_metadata"}
+    assert all(f["after_row"] == 0 for f in bad.values())  # none of their rows was read, so none is mispaired
+    assert "text_embeddings=false" in bad["metadata/metadata_02.parquet"]["detail"]
+    assert "holds 2 rows but metadata/metadata_01.parquet 3" in bad["metadata/metadata_01.parquet"]["detail"]
+    ds = load_dataset(str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / ".hf"))
+    assert sorted(ds["meta"], key=lambda m: m["source_row"])[0]["source_file"] == "metadata/metadata_00.parquet"
+    assert len(ds) == sum(1 for r in rows if r["shard"] == "00")
+    # without the text embeddings, shard 02's image side is fine
+    manifest = build("synth2", Options(source=src, settings={"encoder": "e", "text_embeddings": "false"}),
+                     tmp_path / "out2", allow_bad_files=True, progress=False)
+    assert manifest["configs"]["default"]["splits"]["train"] == 4 + 3
+
+
+def test_rows_pointing_at_a_shared_matrix_get_their_row_or_are_rejected(tmp_path):
+    src = tmp_path / "src"
+    (src / "emb").mkdir(parents=True)
+    matrix = np.stack([samples.synth2_array(i, "float32", (2, 3)) for i in range(4)])  # [4, 2, 3]
+    np.save(src / "emb" / "all.npy", matrix)
+    np.save(src / "emb" / "flat.npy", np.arange(4, dtype=np.float32))
+    data = matrix.astype("<f4").tobytes()
+    (src / "emb" / "all.safetensors").write_bytes(samples.safetensors_bytes({"e": ("F32", [4, 2, 3], data)}))
+    rows = [{"id": f"r{i}", "caption": f"row {i}", "embedding_file": "emb/all.npy", "embedding_row": i}
+            for i in range(4)]
+    rows += [{"id": "st2", "caption": "st", "embedding_file": "emb/all.safetensors", "embedding_row": 2},
+             {"id": "far", "caption": "x", "embedding_file": "emb/all.npy", "embedding_row": 4},
+             {"id": "neg", "caption": "x", "embedding_file": "emb/all.npy", "embedding_row": -1},
+             {"id": "flat", "caption": "x", "embedding_file": "emb/flat.npy", "embedding_row": 0},
+             {"id": "inl", "caption": "x", "embedding": [1.0], "embedding_row": 0},
+             # the mistake: rows naming the shared matrix with no row (each would hold the whole [4, 2, 3])
+             {"id": "whole1", "caption": "x", "embedding_file": "emb/all.npy"},
+             {"id": "whole2", "caption": "x", "embedding_file": "emb/all.npy"}]
+    for layout in ("jsonl", "parquet"):
+        folder = tmp_path / layout
+        shutil.copytree(src, folder)
+        if layout == "jsonl":
+            (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            keys = ["id", "caption", "embedding_file", "embedding_row", "embedding"]
+            pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]),
+                           folder / "captions.parquet")
+        manifest, ds = built(folder, tmp_path / f"out-{layout}")
+        got = {r["meta"]["upstream_id"]: r for r in ds}
+        assert sorted(got) == ["r0", "r1", "r2", "r3", "st2"], layout
+        for i in range(4):
+            assert got[f"r{i}"]["image_embedding"]["shape"] == [2, 3]
+            assert np.array_equal(decode(got[f"r{i}"]["image_embedding"]), matrix[i])
+            assert got[f"r{i}"]["meta"]["embedding"]["row"] == i
+        assert np.array_equal(decode(got["st2"]["image_embedding"]), matrix[2])
+        rejects = {r["upstream_id"]: r["reason"] for r in map(json.loads, (tmp_path / f"out-{layout}" /
+                                                                           "rejects/rejects.jsonl").open())}
+        assert rejects == {"far": "embedding_row_out_of_range", "neg": "wrong_type", "flat": "bad_shape",
+                           "inl": "missing_embedding", "whole1": "shared_embedding_file",
+                           "whole2": "shared_embedding_file"}, layout
