@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hubsets.loader.plan import (
     Order,
     Schedule,
     State,
+    batch_count,
     cut,
     merge_states,
     permutation,
     rank_share,
     total,
     union,
-    worker_share,
+    worker_batches,
 )
 
 UNIT_ROWS = np.array([7, 16, 16, 3, 16, 16, 9, 1, 16, 12])
@@ -113,19 +116,48 @@ def test_interval_helpers() -> None:
     assert union([(5, 7), (0, 5), (9, 9), (8, 10)]) == [(0, 7), (8, 10)]
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 5])
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_shares_partition_the_remaining_positions(world: int, workers: int) -> None:
-    remaining = [(3, 40), (50, 51), (60, 177)]
+def delivered(share: list[tuple[int, int]], workers: int, batch_size: int, drop_last: bool
+              ) -> list[tuple[int, list[int]]]:
+    """What a DataLoader with `workers` workers hands on: it asks the workers in turn, skipping those that
+    have finished, and delivers in the order it asked (torch's in_order)."""
+    streams = [worker_batches(share, workers, w, batch_size, drop_last) for w in range(workers)]
+    active = list(range(workers))
+    out: list[tuple[int, list[int]]] = []
+    turn = 0
+    while active:
+        worker = active[turn % len(active)]
+        item = next(streams[worker], None)
+        if item is None:
+            active.remove(worker)
+            continue
+        out.append((item[0], item[1].tolist()))
+        turn += 1
+    return out
+
+
+intervals = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 40)), max_size=8).map(
+    lambda pairs: union([(a, a + n) for a, n in pairs]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(remaining=intervals, world=st.integers(1, 4), batch_size=st.integers(1, 12), drop_last=st.booleans())
+def test_batches_are_the_same_for_any_number_of_workers(remaining: list[tuple[int, int]], world: int,
+                                                        batch_size: int, drop_last: bool) -> None:
+    """Whatever the workers, a rank delivers its share's consecutive batches in order, each tagged with
+    where it ends; the ranks' shares, in rank order, spell the remaining positions."""
     seen: list[int] = []
     for rank in range(world):
-        share = rank_share(remaining, world, rank, drop_last=False)
-        pieces = [worker_share(share, workers, w, 8, drop_last=False) for w in range(workers)]
-        assert sum(total(p) for p in pieces) == total(share)
-        for piece in pieces[:-1]:
-            assert total(piece) % 8 == 0  # whole batches except the rank's last one
-        seen += [p for piece in pieces for a, b in piece for p in range(a, b)]
-    assert sorted(seen) == [p for a, b in remaining for p in range(a, b)]
+        share = rank_share(remaining, world, rank, drop_last)
+        flat = [p for a, b in share for p in range(a, b)]
+        count = batch_count(len(flat), batch_size, drop_last)
+        expected = [(min((b + 1) * batch_size, len(flat)), flat[b * batch_size:(b + 1) * batch_size])
+                    for b in range(count)]
+        for workers in (1, 2, 3, 4):
+            assert delivered(share, workers, batch_size, drop_last) == expected
+        seen += flat
+    everything = [p for a, b in remaining for p in range(a, b)]
+    kept = world * (len(everything) // world) if drop_last else len(everything)  # equal shares
+    assert seen == everything[:kept]
 
 
 def test_drop_last_gives_every_rank_the_same_number_of_batches() -> None:

@@ -197,21 +197,6 @@ def _drop(block: Block, bad: set[int]) -> None:
         block.num_images = [block.num_images[i] for i in keep]
 
 
-def concat(blocks: Sequence[Block]) -> Block:
-    if len(blocks) == 1:
-        return blocks[0]
-    first = blocks[0]
-    columns = {name: [v for b in blocks for v in b.columns[name]] for name in first.columns}
-    pixels = None
-    if first.pixel_values is not None:
-        pixels = torch.cat([b.pixel_values for b in blocks if b.pixel_values is not None])
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-    skipped: Counter[str] = Counter()
-    for b in blocks:
-        skipped.update(b.skipped)
-    return Block(columns, pixels, [n for b in blocks for n in b.num_images], skipped)
-
-
 def to_batch(block: Block) -> dict[str, Any]:
     """The user-facing dict: lists per column, `pixel_values` [N_images, 3, S, S] (uint8, channels-last
     memory: the decoder's layout; `.contiguous()` makes it planar, for free on the GPU) and `num_images` [B]."""

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hubsets.loader import gpu, stream
-from hubsets.loader.plan import Interval, State, cut, merge_states, total, union
+from hubsets.loader.plan import Interval, State, batch_count, cut, merge_states, total
 from hubsets.loader.slots import SLOT, SlotBoard
 from hubsets.loader.stream import LISTS, META_KEY, BatchStream, Job, JobBoard, StreamSpec
 
@@ -93,15 +93,16 @@ class Loader:
                     batch, failed = gpu.finish(batch, pending, self._device, self._spec.decode, stream.warn)
                     meta["rows"] -= failed
                     meta["skipped"]["image_corrupt"] = meta["skipped"].get("image_corrupt", 0) + failed
-                    if self._spec.transform is not None:
+                    if self._spec.transform is not None and meta["rows"]:
                         batch = self._spec.transform(batch)
                 if self._device.type != "cpu":
                     batch = {k: v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                              for k, v in batch.items()}
                 if generation == self._generation:
-                    self._progress[meta["worker"]] = meta["consumed"]
+                    self._done = meta["end"]
                     self._count(meta)
-                yield batch
+                if meta["rows"]:
+                    yield batch
             if generation == self._generation:
                 self._finished = True
         finally:
@@ -116,19 +117,16 @@ class Loader:
     def __len__(self) -> int:
         """Batches this rank yields in the rest of the current epoch (the next one when it is done),
         assuming no row is skipped."""
-        shares, progress = self._shares, self._progress
+        left = total(self._share) - self._done
         if self._finished:
-            shares = self._full_job(self._job.epoch + 1).shares(self._spec, self._workers)
-            progress = [0] * self._workers
-        size = self._spec.batch_size
-        left = [total(share) - done for share, done in zip(shares, progress, strict=True)]
-        return sum(n // size if self._spec.drop_last else -(-n // size) for n in left)
+            left = total(self._full_job(self._job.epoch + 1).share(self._spec))
+        return batch_count(left, self._spec.batch_size, self._spec.drop_last)
 
     def _prepare(self) -> None:
         """Choose the job of the iteration about to start and post it to the workers."""
         if self._finished:
             self._set_job(self._full_job(self._job.epoch + 1))
-        elif any(self._progress):
+        elif self._done:
             remaining = self._rank_remaining()
             if total(remaining) >= (self._spec.batch_size if self._spec.drop_last else 1):
                 self._set_job(Job(self._job.epoch, tuple(remaining), split=False))
@@ -142,7 +140,9 @@ class Loader:
     def _get_dataloader(self) -> DataLoader[dict[str, Any]]:
         if self._dataloader is None:
             self._stream = BatchStream(self._spec, self._board)
-            self._dataloader = DataLoader(self._stream, batch_size=None, collate_fn=_identity,
+            # in_order: batches are handed on in the order the workers were asked for them, which is
+            # what makes the order independent of the number of workers (plan.py)
+            self._dataloader = DataLoader(self._stream, batch_size=None, collate_fn=_identity, in_order=True,
                                           worker_init_fn=_freeze_inherited_objects, **self._dataloader_options)
         return self._dataloader
 
@@ -175,8 +175,9 @@ class Loader:
 
     def _set_job(self, job: Job) -> None:
         self._job = job
-        self._shares = job.shares(self._spec, self._workers)
-        self._progress = [0] * self._workers
+        self._share = job.share(self._spec)
+        self._done = 0
+        """Positions of `_share` delivered: always a prefix, as batches arrive in order (plan.py)."""
         self._finished = False
 
     def _reset(self, state: State) -> None:
@@ -188,8 +189,7 @@ class Loader:
             self._set_job(Job(state.epoch, state.remaining, split=state.complete))
 
     def _rank_remaining(self) -> list[Interval]:
-        return union([iv for share, done in zip(self._shares, self._progress, strict=True)
-                      for iv in cut(share, done, total(share))])
+        return cut(self._share, self._done, total(self._share))
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank stands. With torch.distributed initialised, every rank must call it (it gathers)

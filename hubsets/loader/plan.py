@@ -15,9 +15,13 @@ Permutations come from a keyed splitmix64 hash sorted with argsort, not from num
 streams numpy does not promise to keep stable across versions: a state must resume on a newer numpy.
 
 Sharing: the positions of the epoch not yet delivered ("remaining", a list of intervals) are cut into
-contiguous equal shares, one per rank; a rank's share is cut into runs of whole batches, one per
-DataLoader worker. A worker therefore reads only the windows its share covers (a window on a boundary is
-read by both neighbours), and no worker idles while positions remain, whatever the number of files.
+contiguous equal shares, one per rank, so a rank reads only the windows its share covers. A rank's share
+is cut into batches of `batch_size` consecutive positions, and DataLoader worker w of k builds batches
+w, w + k, w + 2k, ...: the DataLoader asks its workers for batches in turn and delivers them in that
+order, so a rank yields the same batches in the same order for any number of workers, and what it has
+delivered is always a prefix of its share. The price: every worker of a rank reads every window of the
+rank's share (k times the reading, not the decoding, of a contiguous split). A skipped row (bad image)
+leaves its batch one row short instead of pulling a row from the next batch, which another worker builds.
 
 State: the epoch and the remaining intervals (positions of the order not yet handed to the user). A
 rank's `state_dict()` holds that rank's remaining positions. Without torch.distributed, save every rank's
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -248,13 +252,60 @@ def rank_share(remaining: Sequence[Interval], world_size: int, rank: int, drop_l
     return cut(remaining, rank * n // world_size, (rank + 1) * n // world_size)
 
 
-def worker_share(share: Sequence[Interval], workers: int, worker: int, batch_size: int, drop_last: bool
-                 ) -> list[Interval]:
-    """A worker's run of whole batches of the rank's share (the rank's one partial batch goes last)."""
+def batch_count(positions: int, batch_size: int, drop_last: bool) -> int:
+    """How many batches `positions` positions make (the last one partial unless `drop_last`)."""
+    return positions // batch_size if drop_last else -(-positions // batch_size)
+
+
+def worker_batches(share: Sequence[Interval], workers: int, worker: int, batch_size: int, drop_last: bool
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """A worker's batches of the rank's `share`, as (end, positions): batch b is positions
+    [b * batch_size, end) of the sequence `share` spells, and this worker takes b = worker, worker + workers,
+    ... A DataLoader asks its workers for items in turn and hands them on in that order, so the rank's
+    batches reach the user in order, the same sequence for any number of workers."""
     n = total(share)
-    batches = n // batch_size if drop_last else -(-n // batch_size)
-    first, last = worker * batches // workers, (worker + 1) * batches // workers
-    return cut(share, first * batch_size, min(last * batch_size, n))
+    used = batch_count(n, batch_size, drop_last) * batch_size if drop_last else n
+    cursor = Cursor(share)
+    cursor.skip(worker * batch_size)
+    start = worker * batch_size
+    while start < used:
+        end = min(start + batch_size, used)
+        yield end, cursor.take(end - start)
+        cursor.skip((workers - 1) * batch_size)
+        start += workers * batch_size
+
+
+class Cursor:
+    """Walks the positions of a list of intervals in order, a few at a time."""
+
+    def __init__(self, intervals: Sequence[Interval]) -> None:
+        self._intervals = list(intervals)
+        self._index = 0
+        self._next = self._intervals[0][0] if self._intervals else 0
+
+    def take(self, count: int) -> np.ndarray:
+        parts = []
+        while count > 0 and self._index < len(self._intervals):
+            stop = self._intervals[self._index][1]
+            end = min(stop, self._next + count)
+            parts.append(np.arange(self._next, end, dtype=np.int64))
+            count -= end - self._next
+            self._advance(end, stop)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def skip(self, count: int) -> None:
+        while count > 0 and self._index < len(self._intervals):
+            stop = self._intervals[self._index][1]
+            end = min(stop, self._next + count)
+            count -= end - self._next
+            self._advance(end, stop)
+
+    def _advance(self, end: int, stop: int) -> None:
+        self._next = end
+        if end == stop:
+            self._index += 1
+            if self._index < len(self._intervals):
+                self._next = self._intervals[self._index][0]
 
 
 # --- state ----------------------------------------------------------------------------------------------

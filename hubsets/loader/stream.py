@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from hubsets.loader import gpu
-from hubsets.loader.collate import Block, RateLimitedLog, build_block, concat, to_batch
+from hubsets.loader.collate import Block, RateLimitedLog, build_block, to_batch
 from hubsets.loader.decode import DecodeOptions
-from hubsets.loader.plan import Interval, Schedule, rank_share, worker_share
+from hubsets.loader.plan import Interval, Schedule, rank_share, worker_batches
 from hubsets.loader.reader import Reader, UnitData
 from hubsets.loader.slots import PixelRing, SlotBoard
 from hubsets.loader.source import Source
@@ -74,10 +74,10 @@ class Job:
     remaining: tuple[Interval, ...]
     split: bool
 
-    def shares(self, spec: StreamSpec, workers: int) -> list[list[Interval]]:
-        mine = (rank_share(self.remaining, spec.world_size, spec.rank, spec.drop_last) if self.split
+    def share(self, spec: StreamSpec) -> list[Interval]:
+        """This rank's positions of the job, in order (its batches are cut from them: see plan.py)."""
+        return (rank_share(self.remaining, spec.world_size, spec.rank, spec.drop_last) if self.split
                 else list(self.remaining))
-        return [worker_share(mine, workers, w, spec.batch_size, spec.drop_last) for w in range(workers)]
 
 
 class JobBoard:
@@ -117,7 +117,7 @@ class BatchStream(IterableDataset[dict[str, Any]]):
         job = self.board.read()
         if info is not None and self.slots is not None and self._ring is None:
             self._ring = PixelRing(self.slots, worker)
-        batches = _produce(self.spec, worker, job.epoch, job.shares(self.spec, workers)[worker],
+        batches = _produce(self.spec, worker, workers, job.epoch, job.share(self.spec),
                            self._ring if info is not None else None)
         return batches if info is not None else _single_threaded(batches)
 
@@ -145,39 +145,26 @@ def _single_threaded(batches: Batches) -> Batches:
         batches.close()
 
 
-def _produce(spec: StreamSpec, worker: int, epoch: int, share: Sequence[Interval], ring: PixelRing | None
-             ) -> Batches:
+def _produce(spec: StreamSpec, worker: int, workers: int, epoch: int, share: Sequence[Interval],
+             ring: PixelRing | None) -> Batches:
+    """This worker's batches of the rank's `share`, each tagged with where in the share it ends. A batch
+    whose rows were all skipped is still sent (empty): the DataLoader's turn-taking among workers is what
+    keeps the order, so a worker never skips its turn; the main process drops it."""
     current = ring.restart() if ring is not None else 0
     readers = [Reader(s, spec.columns, spec.seed, spec.shuffle, spec.window_bytes) for s in spec.sources]
     if share:
         last = spec.schedule.draws_before(epoch * spec.schedule.epoch_length + share[-1][1])
         for reader, draws in zip(readers, last.tolist(), strict=True):
             reader.horizon = draws - 1
-    cursor = _Cursor(share)
-    consumed = 0
-    blocks: list[Block] = []
-    pending: list[gpu.Pending] = []
-    rows = 0
     try:
-        while True:
-            positions = cursor.take(spec.batch_size - rows)
-            if len(positions) == 0:
-                break
-            consumed += len(positions)
+        for end, positions in worker_batches(share, workers, worker, spec.batch_size, spec.drop_last):
             deferrer = gpu.Deferrer(spec.decode) if spec.gpu else None
             block = build_block(_rows(spec, readers, epoch, positions), spec.columns, spec.decode, warn, deferrer,
                                 ring)
+            pending: list[gpu.Pending] = []
             if deferrer is not None:
-                for p in deferrer.take(block.kept if block.kept is not None else list(range(len(positions)))):
-                    p.row += rows
-                    pending.append(p)
-            blocks.append(block)
-            rows += len(block)
-            if rows == spec.batch_size:
-                yield _emit(spec, worker, consumed, blocks, pending, ring)
-                blocks, pending, rows = [], [], 0
-        if rows and not spec.drop_last:
-            yield _emit(spec, worker, consumed, blocks, pending, ring)
+                pending = deferrer.take(block.kept if block.kept is not None else list(range(len(positions))))
+            yield _emit(spec, worker, end, block, pending, ring)
     finally:
         if ring is not None:
             ring.abandon(current=current)
@@ -185,15 +172,14 @@ def _produce(spec: StreamSpec, worker: int, epoch: int, share: Sequence[Interval
             reader.close()
 
 
-def _emit(spec: StreamSpec, worker: int, consumed: int, blocks: list[Block], pending: list[gpu.Pending],
+def _emit(spec: StreamSpec, worker: int, end: int, block: Block, pending: list[gpu.Pending],
           ring: PixelRing | None) -> dict[str, Any]:
-    block = concat(blocks)
     batch = to_batch(block)
-    meta = {"worker": worker, "consumed": consumed, "rows": len(block), "skipped": dict(block.skipped),
+    meta = {"worker": worker, "end": end, "rows": len(block), "skipped": dict(block.skipped),
             "images": sum(block.num_images)}
     if spec.gpu:
         batch[gpu.PENDING_KEY] = pending
-    elif spec.transform is not None:
+    elif spec.transform is not None and len(block):
         batch = spec.transform(batch)
     elif get_worker_info() is not None and "num_images" in batch:
         batch["num_images"] = block.num_images
@@ -218,26 +204,3 @@ def _rows(spec: StreamSpec, readers: list[Reader], epoch: int, positions: np.nda
             for slot, row in zip(where[mask].tolist(), found, strict=True):
                 out[slot] = row
     return out
-
-
-class _Cursor:
-    """Hands out the positions of a list of intervals, in order, a few at a time."""
-
-    def __init__(self, intervals: Sequence[Interval]) -> None:
-        self._intervals = list(intervals)
-        self._index = 0
-        self._next = self._intervals[0][0] if self._intervals else 0
-
-    def take(self, count: int) -> np.ndarray:
-        parts = []
-        while count > 0 and self._index < len(self._intervals):
-            stop = self._intervals[self._index][1]
-            end = min(stop, self._next + count)
-            parts.append(np.arange(self._next, end, dtype=np.int64))
-            count -= end - self._next
-            self._next = end
-            if end == stop:
-                self._index += 1
-                if self._index < len(self._intervals):
-                    self._next = self._intervals[self._index][0]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
