@@ -23,24 +23,31 @@ Vision-Flan zip `image_191-task_1k.zip` (top folder `images_191task_1k/`) or its
 row's `image` path after `allava_vflan/images/` is looked up in it. A missing image is an
 `image_missing` reject; unsafe archive members are refused with an `archive_*` reason.
 
+Earlier revisions (before May 2024) kept the same five files at the repo root, and their LAION rows had a
+`url` and no `image`; a root file is read when its current path is absent. Those URL-only rows are
+downloaded with `hubsets.fetch` under `--set fetch_images=true` (the `fetch_*` keys of
+`hubsets.settings.FETCH`, as for KALE); otherwise each is an `image_not_fetched` reject naming its URL.
+
 Settings (`--set`): `vflan_images=PATH`, `subsets=laion,vflan,text` (default: every subset whose file
 is present), `rows_per_task=N` (default 1,000 for image subsets, 20,000 for text).
 
 Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_conversations`, `empty_conversations`,
-`missing_field`, `unknown_role`, `image_missing`, `unsafe_path`, `image_unreadable`,
-`image_token_mismatch`, `archive_*`, `too_deep` (a row nested over 64 levels), `bad_json`/`not_a_json_array`
-(file level), plus the build's image checks and `duplicate_id`.
+`missing_field`, `unknown_role`, `image_missing`, `image_not_fetched` (+ the fetch's reasons), `unsafe_path`,
+`image_unreadable`, `image_token_mismatch`, `archive_*`, `too_deep` (a row nested over 64 levels),
+`bad_json`/`not_a_json_array` (file level), plus the build's image checks and `duplicate_id`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubsets import archives, sources
+from hubsets import archives, fetch, sources
+from hubsets import settings as setting_keys
 from hubsets.builder import (
     BuildError,
     Config,
@@ -122,9 +129,13 @@ SUBSETS = (
            (194_254, 203_065)),
     Subset("text", "evol", "train", "allava_text/Evol-Instruct-GPT4-Turbo-143K.json", None, (143_000, 143_000)),
 )
-_BY_FILE = {s.file: s for s in SUBSETS}
+_BY_FILE = {**{s.file.rsplit("/", 1)[-1]: dataclasses.replace(s, file=s.file.rsplit("/", 1)[-1]) for s in SUBSETS},
+            **{s.file: s for s in SUBSETS}}
+"""Every input path -> its subset: the current per-subset folders, and the repo root, where revisions before
+May 2024 kept the same files (their LAION rows had a `url` and no `image`)."""
 SUBSET_NAMES = ("laion", "vflan", "text")
-SETTINGS = ("vflan_images", "subsets", "rows_per_task")
+FETCH_KEYS = tuple(k.name for k in setting_keys.FETCH)
+SETTINGS = ("vflan_images", "subsets", "rows_per_task", *FETCH_KEYS)
 
 LAION_ZIPS = "allava_laion/image_chunks"
 LAION_FOLDER = "allava_laion/images"
@@ -143,20 +154,30 @@ def _check_settings(options: Options) -> None:
         raise BuildError(f"unknown --set {', '.join(unknown)} for allava; known: {', '.join(SETTINGS)}")
 
 
+def _located(source: Path, subset: Subset) -> Subset | None:
+    """`subset` at its current path, else at the repo root (earlier revisions); None when neither exists.
+    A root copy beside the current file is an older revision of it and is not read."""
+    for file in (subset.file, subset.file.rsplit("/", 1)[-1]):
+        if (source / file).is_file():
+            return _BY_FILE[file]
+    return None
+
+
 def _selected(options: Options) -> list[Subset]:
     value = options.settings.get("subsets")
     if not value:
-        return [s for s in SUBSETS if (options.source / s.file).is_file()]
+        return [found for s in SUBSETS if (found := _located(options.source, s)) is not None]
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SUBSET_NAMES))
     if unknown:
         raise BuildError(f"--set subsets: unknown {', '.join(unknown)}; known: {', '.join(SUBSET_NAMES)}")
     chosen = [s for s in SUBSETS if s.name in names]
     for name in names:
-        if not any((options.source / s.file).is_file() for s in chosen if s.name == name):
+        if not any(_located(options.source, s) for s in chosen if s.name == name):
             files = ", ".join(s.file for s in SUBSETS if s.name == name)
-            raise BuildError(f"--set subsets={name}: none of its files ({files}) is under {options.source}")
-    return [s for s in chosen if (options.source / s.file).is_file()]
+            raise BuildError(f"--set subsets={name}: none of its files ({files}, or the same names at the repo "
+                             f"root) is under {options.source}")
+    return [found for s in chosen if (found := _located(options.source, s)) is not None]
 
 
 def _rows_per_task(options: Options, subset: Subset) -> int:
@@ -188,8 +209,9 @@ def vflan_root(options: Options) -> Path:
 def plan(options: Options) -> list[Task]:
     """One task per slice of `rows_per_task` rows of each selected file."""
     _check_settings(options)
+    fetch_settings(options)
     subsets = _selected(options)
-    origins = {s.origin for s in subsets}
+    origins = {s.origin for s in subsets if "/" in s.file}  # root-layout LAION rows are URLs: no local images
     if "laion" in origins and not laion_zips(options.source) and not (options.source / LAION_FOLDER).is_dir():
         raise BuildError(f"LAION images not found under {options.source}: expected {LAION_ZIPS}/images_<N>.zip "
                          f"(from the Hub repo) or the extracted {LAION_FOLDER}/; or leave LAION out with "
@@ -205,6 +227,12 @@ def plan(options: Options) -> list[Task]:
 
 
 # --- image resolvers -----------------------------------------------------------------------------------------
+
+def fetch_settings(options: Options) -> dict[str, object]:
+    """The parsed `fetch_*` keys (`hubsets.settings.FETCH`): URL-only LAION rows are fetched like KALE's."""
+    return setting_keys.parse(NAME, setting_keys.FETCH,
+                              {k: v for k, v in options.settings.items() if k in FETCH_KEYS})
+
 
 def _read_file(base: Path, rel: str) -> bytes | None:
     """Bytes of `base/rel`, or None when there is no such file."""
@@ -299,28 +327,42 @@ class VflanImages:
 
 def read(task: Task, options: Options) -> Iterator[Item]:
     subset = _BY_FILE[task.file]
-    error = task.options.get("error")
-    if error:
-        yield Reject(task.file, None, None, subset.origin, str(error[0]), str(error[1]))
-        return
     resolver: LaionImages | VflanImages | None = None
     if subset.origin == "laion":
         resolver = LaionImages(options.source)
     elif subset.origin == "vflan":
         resolver = VflanImages(vflan_root(options))
-    first, rows = int(task.options.get("first_row", 0)), task.options.get("rows")
-    row = first
-    try:
-        for row, value in sources.iter_json_array(options.source / task.file, task.file,
-                                                  offset=int(task.options.get("offset", 0)), first_row=first,
-                                                  rows=rows):
+    values = fetch_settings(options)
+    fetched: dict[str, fetch.FetchResult] | None = None
+    pending: list[tuple[int, Any]] = []
+    failure: sources.SourceError | None = None
+    # a file that stops parsing raises sources.SourceError here, after its readable rows (hubsets.builder)
+    rows = sources.iter_json_array(options.source / task.file, task.file,
+                                   offset=int(task.options.get("offset", 0)),
+                                   first_row=int(task.options.get("first_row", 0)), rows=task.options.get("rows"))
+    if not (values["fetch_images"] and subset.origin == "laion"):
+        for row, value in rows:
             yield _read_row(subset, task.file, row, value, resolver)
-    except sources.SourceError as exc:
-        failed = exc.row if exc.row is not None else row
-        lost = first + rows - failed if rows is not None else 1
-        yield Reject(task.file, None, None, subset.origin, exc.reason,
-                     f"row {failed}: {exc.detail}; the rest of this slice (rows {failed}.."
-                     f"{first + rows - 1 if rows is not None else 'end'}) could not be read", count=max(lost, 1))
+        return
+    try:  # fetching: hold the slice's rows, download their URLs concurrently, then build them in order
+        pending = list(rows)
+    except sources.SourceError as exc:  # raised again once the rows read before it are out
+        failure = exc
+    urls = sorted({u for _, v in pending if (u := _url_only(v)) is not None})
+    fetcher = setting_keys.fetcher(values, options.max_pixels, options.out)
+    fetched = dict(zip(urls, fetcher.map(urls), strict=True))
+    for row, value in pending:
+        yield _read_row(subset, task.file, row, value, resolver, fetched)
+    if failure is not None:
+        raise failure
+
+
+def _url_only(value: Any) -> str | None:
+    """The `url` of a LAION row that has no `image` (earlier revisions), else None."""
+    if isinstance(value, dict) and value.get("image") is None and isinstance(value.get("url"), str) \
+            and value["url"].strip():
+        return str(value["url"])
+    return None
 
 
 def _basename(path: str) -> str:
@@ -340,8 +382,8 @@ def _upstream_id(value: Mapping[str, Any], subset: Subset) -> tuple[str, str]:
     raise RowError("missing_id", f"row has no {keys[0]!r}")
 
 
-def _read_row(subset: Subset, file: str, row: int, value: Any,
-              resolver: LaionImages | VflanImages | None) -> Item:
+def _read_row(subset: Subset, file: str, row: int, value: Any, resolver: LaionImages | VflanImages | None,
+              fetched: Mapping[str, fetch.FetchResult] | None = None) -> Item:
     origin = subset.origin
     if isinstance(value, sources.BadRow):  # e.g. nested too deeply
         return Reject(file, row, None, origin, value.reason, value.detail)
@@ -356,7 +398,20 @@ def _read_row(subset: Subset, file: str, row: int, value: Any,
         converted = conversations_to_messages(value["conversations"], images=has_image)
         images: list[dict[str, Any]] = []
         image_meta: dict[str, Any] = {}
-        if resolver is not None:
+        url = _url_only(value) if origin == "laion" else None
+        if resolver is not None and url is not None:  # an earlier revision's row: the image only by URL
+            if converted.image_parts != 1:
+                raise RowError("image_token_mismatch", f"conversations hold {converted.image_parts} {'<image>'} "
+                                "tokens for 1 image")
+            result = (fetched or {}).get(url)
+            if result is None:
+                raise RowError("image_not_fetched", f"{url[:300]}: the row has no image, only its URL; rebuild "
+                               "with --set fetch_images=true to download it")
+            if not result.ok or result.data is None:
+                raise RowError(str(result.reason), f"{url[:300]}: {result.detail}")
+            images = [{"bytes": result.data, "path": None}]
+            image_meta = {"image_file": f"fetched from {(result.final_url or url)[:300]}"}
+        elif resolver is not None:
             image = value.get("image")
             if image is None:
                 raise RowError("image_missing", "row has no image" if "image" not in value else "image is null")
@@ -413,7 +468,9 @@ def record_stats(record: Record) -> dict[str, int]:
     turns = sum(1 for m in record["messages"] if m["role"] == "user")
     stats = {f"written:{meta['source_file']}": 1, f"turns:{record['origin']}:{min(turns, 4)}": 1}
     found = meta.get("image_file")
-    if found and _basename(found.rsplit(":", 1)[-1]) != _basename(meta["image"]):
+    if found and found.startswith("fetched from "):
+        stats[f"url_fetched:{record['origin']}"] = 1
+    if found and "image" in meta and _basename(found.rsplit(":", 1)[-1]) != _basename(meta["image"]):
         stats[f"image_other_extension:{record['origin']}"] = 1
     return stats
 
@@ -446,6 +503,10 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                      + " |")
     settings = manifest["options"]["settings"]
     vflan = f"{Path(settings['vflan_images']).name}" if settings.get("vflan_images") else f"{VFLAN_DEFAULT}/"
-    return {"counts_table": "\n".join(lines), "missing_images_table": "\n".join(missing),
+    fetched = sum(stats.get(k, 0) for k in stats if k.startswith("url_fetched:"))
+    not_fetched = manifest["rejects"]["by_reason"].get("image_not_fetched", 0)
+    url_rows = (f"{fetched:,} URL-only rows fetched and published, {not_fetched:,} left as `image_not_fetched` "
+                "rejects" + ("" if settings.get("fetch_images") in (None, "false") else " (fetching was on)"))
+    return {"counts_table": "\n".join(lines), "missing_images_table": "\n".join(missing), "url_rows": url_rows,
             "turns_table": "\n".join(turns), "vflan_images": vflan}
 

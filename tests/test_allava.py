@@ -49,13 +49,15 @@ def test_valid_and_every_planted_reject_has_its_reason(sample, built):
     out, manifest = built
     assert validate_folder(out) == []
     assert rejects_of(out) == sample.rejects
-    assert manifest["rejects"]["bad_files"] == [VFLAN_INST]
+    assert {b["file"]: b["reason"] for b in manifest["rejects"]["bad_files"]} == sample.bad_files == {
+        VFLAN_INST: "bad_json"}
 
 
 def test_malformed_file_fails_the_build_unless_allowed(sample, tmp_path):
-    with pytest.raises(BuildError, match="could not be read"):
+    with pytest.raises(BuildError, match=f"input file {VFLAN_INST} is unreadable after row"):
         build("allava", Options(source=sample.root, settings=sample.settings), tmp_path / "out", progress=False)
-    assert rejects_of(tmp_path / "out")[(VFLAN_INST, None)] == "bad_json"
+    manifest = json.loads((tmp_path / "out" / "hubsets.json").read_text(encoding="utf-8"))
+    assert [b["file"] for b in manifest["rejects"]["bad_files"]] == [VFLAN_INST]
 
 
 @pytest.mark.parametrize(("config", "split"), [(c, s) for c, splits in SPLITS.items() for s in splits])
@@ -92,7 +94,8 @@ def test_stray_and_others_files_are_never_read(sample, built):
     assert sample.ignored
     read = sum(c["read"] for c in manifest["origins"].values())
     assert sample.survivors == {VFLAN_INST: 2}
-    assert read == sum(len(rows) for file, rows in sample.records.items() if file != VFLAN_INST) + 2 + 1
+    # the cut-off file's 2 whole rows are read; its unreadable rest is a bad file, not rows
+    assert read == sum(len(rows) for file, rows in sample.records.items() if file != VFLAN_INST) + 2
     ids = load_dataset(str(out), "allava_laion", split="instruct")["id"]
     assert not any("999999" in i for i in ids)
     assert not any(f.startswith(("others/", "allava_vflan/ALLaVA-Instruct-LAION")) for f, _ in rejects_of(out))
@@ -206,11 +209,11 @@ def test_slices_cover_every_element_exactly_once(tmp_path, values, per, chunk, i
 
 
 @pytest.mark.parametrize(("text", "outcome"), [
-    (b'[{"a": 1}, {"a": 2}, {"a": ', "row 2: bad_json"),     # truncated: the last slice is left open
-    (b'[1, 2, 3 4, 5]', "row 3: bad_json"),                  # malformed in the middle
+    (b'[{"a": 1}, {"a": 2}, {"a": ', "row 2, byte 21: bad_json"),  # truncated: the last slice is left open
+    (b'[1, 2, 3 4, 5]', "row 3, byte 9: bad_json"),                 # malformed in the middle
     (b'{"a": [1, 2]}', "not_a_json_array"),
     (b'', "bad_json"),
-    (b'\xef\xbb\xbf[1]', "bad_json"),
+    (b'\xef\xbb\xbf[1]', "1 rows"),                                 # a byte-order mark is skipped
     (b'[]', "0 rows"),
 ])
 def test_slices_of_bad_files(tmp_path, text, outcome):
@@ -224,3 +227,55 @@ def test_slices_of_bad_files(tmp_path, text, outcome):
     except sources.SourceError as exc:
         message = str(exc)
     assert outcome in message
+
+
+# --- earlier revisions: files at the repo root, LAION rows by URL only -----------------------------------------
+
+def _root_release(root: Path, urls: list[str]) -> None:
+    """The pre-May-2024 layout: the JSON files at the repo root; LAION rows carry `url`, no `image`."""
+    root.mkdir(parents=True)
+    cap = [{"id": f"allava_laion_cap_{i}", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                             {"from": "gpt", "value": f"Picture {i}."}],
+            "original_caption": f"alt {i}", "url": url} for i, url in enumerate(urls)]
+    (root / "ALLaVA-Caption-LAION-4V.json").write_text(json.dumps(cap, indent=4), encoding="utf-8")
+    text = [{"idx": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    (root / "Evol-Instruct-GPT4-Turbo-143K.json").write_text(json.dumps(text), encoding="utf-8")
+
+
+def test_root_layout_without_fetching_rejects_url_rows_keeping_their_url(tmp_path):
+    urls = [f"https://example.com/{i}.jpg" for i in range(3)]
+    _root_release(tmp_path / "src", urls)
+    out = tmp_path / "out"
+    manifest = build("allava", Options(source=tmp_path / "src"), out, progress=False)
+    assert validate_folder(out) == []
+    rejects = [json.loads(line) for line in (out / "rejects" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["upstream_id"], r["reason"]) for r in rejects] == [(f"allava_laion_cap_{i}", "image_not_fetched")
+                                                                  for i in range(3)]
+    assert all(r["detail"].startswith(url) and "fetch_images=true" in r["detail"]
+               for r, url in zip(rejects, urls, strict=True))
+    assert manifest["configs"]["allava_text"]["splits"] == {"train": 1}
+    assert "0 URL-only rows fetched and published, 3 left as `image_not_fetched` rejects" in \
+        (out / "README.md").read_text()
+
+
+def test_root_layout_fetches_url_rows_with_the_kale_fetcher(tmp_path):
+    images = samples.sample_images(3)
+    routes = {f"/{i}.jpg": samples.Route(data) for i, data in enumerate(images)}
+    with samples.ImageServer(routes) as server:
+        urls = [server.url(f"/{i}.jpg") for i in range(3)] + [server.url("/gone.jpg")]
+        _root_release(tmp_path / "src", urls)
+        settings = {"fetch_images": "true", "fetch_retries": "0", "fetch_timeout": "5"}
+        manifest = build("allava", Options(source=tmp_path / "src", settings=settings), tmp_path / "out",
+                         progress=False)
+    assert validate_folder(tmp_path / "out") == []
+    assert manifest["rejects"]["by_reason"] == {"http_404": 1}
+    ds = load_dataset(str(tmp_path / "out"), "allava_laion", split="caption",
+                      cache_dir=str(tmp_path / ".hf")).cast_column("images", List(Image(decode=False)))
+    got = {r["id"]: r for r in ds}
+    assert sorted(got) == [f"allava/laion/caption/{i}" for i in range(3)]
+    for i in range(3):
+        row = got[f"allava/laion/caption/{i}"]
+        assert row["images"][0]["bytes"] == images[i] and row["image_urls"] == [urls[i]]
+        assert row["messages"][0]["content"][0] == {"type": "image", "text": None}
+        assert row["meta"]["source_file"] == "ALLaVA-Caption-LAION-4V.json"
+    assert "3 URL-only rows fetched and published" in (tmp_path / "out" / "README.md").read_text()
