@@ -456,20 +456,45 @@ def test_mix_honours_weights_within_two_percent(mix_repos: tuple[Path, Path]) ->
     assert len({i for i in ids if i.startswith("beta/")}) == min(clean, 1500)  # 'clean' has 1500 rows
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_mix_state_resumes_exactly(mix_repos: tuple[Path, Path], workers: int) -> None:
+@pytest.mark.parametrize(("before", "after"), [(0, 2), (2, 0), (2, 1)])
+def test_mix_state_resumes_exactly(mix_repos: tuple[Path, Path], before: int, after: int) -> None:
+    import json
+
     a, b = mix_repos
-    weights = {(a, "default"): 0.5, (b, "default"): 0.5}
+    weights = {(a, "default"): 0.5, (b, "default", "train"): 0.5}
     options = {"columns": ["id"], "batch_size": 64, "seed": 3}
     full = ids_of(hubsets.mix(weights, **options))
-    first_loader = hubsets.mix(weights, num_workers=workers, **options)
+    first_loader = hubsets.mix(weights, num_workers=before, **options)
     first = consume(first_loader, 7)
-    resumed = hubsets.mix(weights, **options)
-    resumed.load_state_dict(first_loader.state_dict())
-    rest = ids_of(resumed)
-    assert sorted(first + rest) == sorted(full) and len(set(first + rest)) == len(full)
-    if workers == 0:
-        assert first + rest == full
+    resumed = hubsets.mix(weights, num_workers=after, **options)
+    resumed.load_state_dict(json.loads(json.dumps(first_loader.state_dict())))  # as another process would
+    assert first + ids_of(resumed) == full
+
+
+def test_each_mix_source_names_its_config_and_split(tmp_path: Path) -> None:
+    """ALLaVA-shaped configs: `two` has splits caption and instruct (no train), `one` only `extra`, `tv`
+    train and test. A (source, config) key means train, or else every split of the config."""
+    rows = {name: [record(name, "laion", i) for i in range(count)]
+            for name, count in (("caption", 30), ("instruct", 20), ("extra", 10), ("train", 12), ("test", 8))}
+    partitions = {f"data/laion/none/{name}": r for name, r in rows.items()}
+    configs = {"two": {"caption": ["data/*/*/caption-*.parquet"], "instruct": ["data/*/*/instruct-*.parquet"]},
+               "one": {"extra": ["data/*/*/extra-*.parquet"]},
+               "tv": {"train": ["data/*/*/train-*.parquet"], "test": ["data/*/*/test-*.parquet"]}}
+    repo = write_repo(tmp_path, partitions, configs)
+
+    def datasets(loader: Any) -> Counter[str]:
+        return Counter(i.split("/")[0] for i in ids_of(loader))
+
+    assert datasets(hubsets.loader(repo, "two", columns=["id"])) == {"caption": 30, "instruct": 20}
+    assert datasets(hubsets.loader(repo, "one", columns=["id"])) == {"extra": 10}
+    assert datasets(hubsets.loader(repo, "tv", columns=["id"])) == {"train": 12}
+    mixed = hubsets.mix({(repo, "two", "instruct"): 1, (repo, "tv", "test"): 1, (repo, "one"): 1},
+                        columns=["id"], stopping="all_exhausted", batch_size=7)
+    assert set(datasets(mixed)) == {"instruct", "test", "extra"}
+    with pytest.raises(ValueError, match=r"config 'two' has no split 'train'; it has \['caption', 'instruct'\]"):
+        hubsets.mix({(repo, "two"): 1}, split="train")
+    with pytest.raises(ValueError, match="expected"):
+        hubsets.mix({(repo, "two", "caption", "x"): 1})  # type: ignore[dict-item]
 
 
 def test_mix_stopping_strategies(mix_repos: tuple[Path, Path]) -> None:

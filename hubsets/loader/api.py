@@ -17,6 +17,8 @@ from hubsets.loader.source import Source, resolve
 from hubsets.loader.stream import StreamSpec, Transform
 
 SourceLike = str | os.PathLike[str]
+Entry = tuple[SourceLike, str, str | None, float]
+"""(source, config, split or None, weight)."""
 WINDOW_BYTES = 128 << 20
 """Default shuffle window: 128 MiB of row groups. Parquet is read a row group at a time, so this is also
 about what must arrive before a worker's first batch (~1 s over a loopback Hub server here) and what a
@@ -24,7 +26,7 @@ worker holds per source. hubsets' writer makes row groups of up to 96 MB, smalle
 partitions, so a window spans several row groups of a multi-origin build and one of a big single one."""
 
 
-def loader(source: SourceLike, config: str = "default", split: str = "train", *, image_size: int = 336,
+def loader(source: SourceLike, config: str = "default", split: str | None = None, *, image_size: int = 336,
            resize: Resize = "crop", batch_size: int = 32, num_workers: int = 0, seed: int = 0,
            shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
            device: str | torch.device = "cpu", columns: Sequence[str] | None = None,
@@ -33,7 +35,8 @@ def loader(source: SourceLike, config: str = "default", split: str = "train", *,
            window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
            endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
            multiprocessing_context: Any = None) -> Loader:
-    """Stream (`config`, `split`) of `source` as torch batches.
+    """Stream (`config`, `split`) of `source` as torch batches. `split` None: the config's `train` split,
+    or all of its splits when it has none (so a config with one split needs no name for it).
 
     `source`: a folder from `hubsets build`, an `org/name` Hub dataset repo (`HF_ENDPOINT` and `endpoint`
     are honoured; `revision` is pinned to its commit sha at start), any fsspec URL of such a folder, or a
@@ -52,7 +55,7 @@ def loader(source: SourceLike, config: str = "default", split: str = "train", *,
     one). A worker holds one window per source; a bigger window mixes more and costs memory and time to
     first batch. `rank`/`world_size` default to torch.distributed's. `drop_last` also gives every rank the
     same number of batches, which DDP needs."""
-    return build([(source, config, 1.0)], split, image_size=image_size, resize=resize, batch_size=batch_size,
+    return build([(source, config, split, 1.0)], image_size=image_size, resize=resize, batch_size=batch_size,
                  num_workers=num_workers, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
                  device=device, columns=columns, transform=transform, max_pixels=max_pixels, drop_last=drop_last,
                  pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
@@ -60,7 +63,7 @@ def loader(source: SourceLike, config: str = "default", split: str = "train", *,
                  storage_options=storage_options, multiprocessing_context=multiprocessing_context)
 
 
-def build(entries: Sequence[tuple[SourceLike, str, float]], split: str, *, stopping: Stopping = "first_exhausted",
+def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
           image_size: int = 336, resize: Resize = "crop", batch_size: int = 32, num_workers: int = 0,
           seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None,
           device: str | torch.device = "cpu", columns: Sequence[str] | None = None,
@@ -69,7 +72,7 @@ def build(entries: Sequence[tuple[SourceLike, str, float]], split: str, *, stopp
           window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
           endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
           multiprocessing_context: Any = None) -> Loader:
-    """The loader over one or more weighted (source, config) entries; `loader` and `mix` call this."""
+    """The loader over one or more weighted (source, config, split) entries; `loader` and `mix` call this."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if window_bytes < 1:
@@ -77,7 +80,7 @@ def build(entries: Sequence[tuple[SourceLike, str, float]], split: str, *, stopp
     rank, world_size = _distributed(rank, world_size)
     decode = DecodeOptions(image_size=image_size, resize=resize, max_pixels=max_pixels, pad_value=pad_value)
     sources = tuple(resolve(s, config, split, revision=revision, endpoint=endpoint,
-                            storage_options=storage_options) for s, config, _ in entries)
+                            storage_options=storage_options) for s, config, split, _ in entries)
     wanted = _columns(sources, columns)
     device = torch.device(device)
     on_gpu = device.type == "cuda" and "images" in wanted
@@ -85,7 +88,7 @@ def build(entries: Sequence[tuple[SourceLike, str, float]], split: str, *, stopp
         warnings.warn("hubsets.loader: device='cuda' but no CUDA device is available; decoding on the CPU",
                       RuntimeWarning, stacklevel=3)
         device, on_gpu = torch.device("cpu"), False
-    schedule = Schedule([w for _, _, w in entries], [s.num_rows for s in sources], stopping)
+    schedule = Schedule([w for *_, w in entries], [s.num_rows for s in sources], stopping)
     spec = StreamSpec(sources, schedule, wanted, decode, batch_size, seed, shuffle, window_bytes, drop_last,
                       rank, world_size, on_gpu, transform)
     return Loader(spec, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,

@@ -79,15 +79,17 @@ class Source:
             return parquet.read_row_group(group, columns=list(columns), use_threads=False)
 
 
-def resolve(source: str | os.PathLike[str], config: str = "default", split: str = "train", *,
+def resolve(source: str | os.PathLike[str], config: str = "default", split: str | None = None, *,
             revision: str | None = None, endpoint: str | None = None,
             storage_options: dict[str, Any] | None = None) -> Source:
-    """Find the parquet files of (`config`, `split`) in `source` and read their footers."""
+    """Find the parquet files of (`config`, `split`) in `source` and read their footers. `split` None:
+    the config's `train` split, or all its splits when it has none (see `choose_splits`)."""
     text = os.fspath(source)
     fs, root, patterns = _locate(text, revision, endpoint, storage_options or {})
-    name = f"{text} [{config}/{split}]"
+    name = f"{text} [{config}/{split or 'train'}]"
     if patterns is None:
-        patterns = _card_patterns(fs, root, config, split, text)
+        chosen, patterns = _card_patterns(fs, root, config, split, text)
+        name = f"{text} [{config}/{'+'.join(chosen)}]"
     found: dict[str, dict[str, Any]] = {}
     for pattern in patterns:
         for path, info in fs.glob(_join(root, pattern), detail=True).items():
@@ -182,7 +184,9 @@ def _hub(repo_id: str, revision: str | None, endpoint: str | None, storage_optio
     return fs, f"datasets/{repo_id}@{sha}", None
 
 
-def _card_patterns(fs: fsspec.AbstractFileSystem, root: str, config: str, split: str, name: str) -> list[str]:
+def _card_patterns(fs: fsspec.AbstractFileSystem, root: str, config: str, split: str | None, name: str
+                   ) -> tuple[list[str], list[str]]:
+    """(the splits chosen, their data_files globs) for `config` from the card."""
     card = _join(root, "README.md")
     if not fs.exists(card):
         raise FileNotFoundError(f"{name}: no README.md with `configs:` in {root}; pass a parquet file or glob "
@@ -200,9 +204,19 @@ def _card_patterns(fs: fsspec.AbstractFileSystem, root: str, config: str, split:
     if chosen is None:
         raise ValueError(f"{name}: no config {config!r}; the card has {sorted(by_name)}")
     splits = _data_files(chosen.get("data_files"))
-    if split not in splits:
+    names = choose_splits(list(splits), split)
+    if names is None:
         raise ValueError(f"{name}: config {config!r} has no split {split!r}; it has {sorted(splits)}")
-    return splits[split]
+    return names, [pattern for n in names for pattern in splits[n]]
+
+
+def choose_splits(available: Sequence[str], split: str | None) -> list[str] | None:
+    """The splits a request means: the one named; with none named, `train`, or else every split of the
+    config (ALLaVA's `allava_laion` has `caption` and `instruct`, both training data), which is the
+    config's only split when it has one. A config meant for evaluation has a `train` split to pick."""
+    if split is not None:
+        return [split] if split in available else None
+    return ["train"] if "train" in available else sorted(available)
 
 
 def _data_files(spec: Any) -> dict[str, list[str]]:
