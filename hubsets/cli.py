@@ -1,12 +1,17 @@
-"""The `hubsets` command. Errors print one line plus a hint; exit 2 for usage, 1 for failure."""
+"""The `hubsets` command. A failure a person can cause prints one line, its cause and the next step (no
+traceback unless `--debug` or HUBSETS_DEBUG=1); exit 2 for usage, 1 for failure."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import hubsets
 from hubsets.builder import BuildError, Options
 
 
@@ -64,6 +69,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
                       settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
+    if not Path(args.source).is_dir():
+        raise CommandError(f"source folder {args.source} does not exist (or is not a folder): pass --source "
+                           "the folder holding the upstream release")
     manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
                      ray_address=args.address, allow_bad_files=args.allow_bad_files,
                      discard_staging=args.discard_staging)
@@ -96,9 +104,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hubsets.server import serve
+    from hubsets.server import collect_garbage, serve
 
-    serve(Path(args.root), host=args.host, port=args.port, tokens=Path(args.tokens) if args.tokens else None)
+    if args.gc:
+        blobs, size = collect_garbage(Path(args.root))
+        print(f"{args.root}: removed {blobs} unreferenced blob(s), {size} bytes")
+        return 0
+    serve(Path(args.root), host=args.host, port=args.port, tokens=Path(args.tokens) if args.tokens else None,
+          public_url=args.public_url)
     return 0
 
 
@@ -111,8 +124,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         result = push(Path(args.dir), args.repo, endpoint=args.endpoint, revision=args.revision,
                       create_pr=args.create_pr, private=args.private, message=args.message)
     except PushError as exc:
-        print(f"hubsets: error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(_push_failure(str(exc), args)) from exc
     print(result.summary())
     return 0
 
@@ -141,11 +153,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubsets", description="Build, validate, publish and stream synthetic "
                                 "vision-language datasets as Hugging Face Hub datasets.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {hubsets.__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of a failure (also: HUBSETS_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("list", help="datasets hubsets can build, with their configs")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("info", help="one dataset: upstream, license, configs, filters")
-    s.add_argument("name")
+    s.add_argument("name", help="dataset name (see `hubsets list`)")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("build", help="build a Hub-ready folder from an upstream release")
     s.add_argument("name", help="dataset name (see `hubsets list`)")
@@ -165,13 +180,14 @@ def parser() -> argparse.ArgumentParser:
                         "redoes every task")
     s.set_defaults(func=cmd_build)
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
-    s.add_argument("dir")
+    s.add_argument("dir", help="a folder made by `hubsets build`")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("export", help="convert a built folder back to LLaVA JSON (+ images) or Cauldron parquet")
     s.add_argument("dir", help="a folder made by `hubsets build`")
-    s.add_argument("--config", required=True)
+    s.add_argument("--config", required=True, help="config to export (see the folder's README.md)")
     s.add_argument("--split", help="one split (default: all)")
-    s.add_argument("--format", required=True, choices=["llava", "cauldron"])
+    s.add_argument("--format", required=True, choices=["llava", "cauldron"],
+                   help="llava: LLaVA JSON plus image files; cauldron: The Cauldron's parquet layout")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("serve", help="serve the Hub's HTTP protocol over a local folder (offline Hub)")
@@ -179,6 +195,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     s.add_argument("--tokens", help="JSON/YAML file: token -> {user, access: read|write}")
+    s.add_argument("--public-url", help="URL clients reach the server at, e.g. behind a TLS proxy "
+                                        "(default: http://HOST:PORT); upload links are built from it")
+    s.add_argument("--gc", action="store_true",
+                   help="delete blobs no commit references (interrupted pushes, deleted repos), then exit")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("push", help="publish a built folder as one incremental commit")
     s.add_argument("dir", help="a folder made by `hubsets build`")
@@ -196,22 +216,83 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _push_failure(message: str, args: argparse.Namespace) -> str:
+    """A push failure as one line with the next step. The HTTP client's message spans lines (status, a docs
+    link, the server's text): keep the status and the server's text, and say what to do about it."""
+    if "not ready to push" in message:
+        return message  # the validation problems, one per line, each naming its file
+    lines = [line.strip() for line in message.splitlines() if line.strip() and "more information" not in line]
+    detail = lines[-1] if lines else message
+    endpoint = args.endpoint or os.environ.get("HF_ENDPOINT") or "the Hub"
+    if re.search(r"\b401\b", message):
+        from huggingface_hub import get_token
+
+        if not get_token():
+            return (f"{endpoint} needs a token to write to {args.repo} and none is set: set HF_TOKEN to a write "
+                    "token (or run `hf auth login`)")
+        return f"{endpoint} rejected the token ({detail}): set HF_TOKEN to a valid write token"
+    if re.search(r"\b403\b", message):
+        return f"{endpoint} refused the write to {args.repo} ({detail}): use a write token of its owner"
+    if re.search(r"Connect(Error|Timeout)|Connection refused|Name or service|nodename", message):
+        return (f"cannot reach {endpoint} ({detail}): check --endpoint (or HF_ENDPOINT) and that the server "
+                "is running, then run the same command again")
+    return " ".join(lines) if lines else message
+
+
+class CommandError(Exception):
+    """A failure already phrased as one line with its next step; exit code 1."""
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """(one line naming the cause and the next step, exit code) for a failure a person can cause."""
+    from hubsets.extras import MissingExtra
+
+    command = args.command
+    if isinstance(exc, UsageError):
+        return f"{exc}; see `hubsets {command} --help`", 2
+    if isinstance(exc, CommandError | BuildError | MissingExtra):
+        return str(exc), 1
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.EADDRINUSE:
+            return (f"cannot listen on {args.host}:{args.port}: the port is already in use; stop the program "
+                    "using it, or pass another --port (--port 0 picks a free one)"), 1
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return (f"cannot listen on {args.host}: not an address of this machine; pass --host 127.0.0.1 "
+                    "(or 0.0.0.0 for every interface)"), 1
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the disk{where}: free space there (or choose another --out), then run " \
+                   "the same command again", 1
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied{where}: check the owner and mode of that path, or choose another one", 1
+        if exc.errno == errno.ENOENT:
+            return f"no such file or folder{where}: check the path", 1
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, ValueError):
+        return str(exc), 1
+    return (f"unexpected {type(exc).__name__}: {exc}; this is a bug in hubsets: run again with --debug for "
+            "the traceback and report it"), 1
+
+
+def _one_line(text: str) -> str:
+    return text if "not ready to push" in text else " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    debug = args.debug or os.environ.get("HUBSETS_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args))
-    except UsageError as exc:
-        print(f"hubsets: error: {exc}", file=sys.stderr)
-        print(f"hint: hubsets {args.command} --help", file=sys.stderr)
-        return 2
-    except (BuildError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"hubsets: error: {exc}", file=sys.stderr)
-        print(f"hint: hubsets {args.command} --help, or fix the input named above", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("hubsets: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        line, code = _explain(exc, args)
+        print(f"hubsets: error: {_one_line(line)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -15,25 +15,41 @@ from types import TracebackType
 
 from hubsets.server.app import HubHTTPServer
 from hubsets.server.auth import Auth
-from hubsets.server.context import Hub
+from hubsets.server.context import UPLOAD_TTL, Hub
+from hubsets.server.store import Store
 
-__all__ = ["RunningServer", "make_server", "serve", "start"]
+__all__ = ["RunningServer", "collect_garbage", "make_server", "serve", "start"]
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 8080,
-                tokens: Path | None = None) -> HubHTTPServer:
-    """A bound, not yet running server over `root` (created if missing); `port=0` picks a free port."""
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8080, tokens: Path | None = None,
+                public_url: str | None = None, upload_ttl: int = UPLOAD_TTL) -> HubHTTPServer:
+    """A bound, not yet running server over `root` (created if missing); `port=0` picks a free port.
+
+    `public_url` is where clients reach it (a TLS proxy's `https://...`); by default `http://HOST:PORT`.
+    Pre-signed upload URLs expire after `upload_ttl` seconds.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return HubHTTPServer((host, port), Hub(root.resolve(), Auth(tokens, host)))
+    return HubHTTPServer((host, port), Hub(root.resolve(), Auth(tokens, host), upload_ttl), public_url)
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = 8080, tokens: Path | None = None) -> None:
+def collect_garbage(root: Path) -> tuple[int, int]:
+    """`hubsets serve --gc`: delete every unreferenced blob now (the server must not be running)."""
+    store = Store(Path(root).resolve())
+    try:
+        return store.collect_garbage(grace_s=0)
+    finally:
+        store.close()
+
+
+def serve(root: Path, host: str = "127.0.0.1", port: int = 8080, tokens: Path | None = None,
+          public_url: str | None = None) -> None:
     """Serve until interrupted. Prints one line with the URL first, so scripts can read the chosen port;
     the request log goes to stderr."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    server = make_server(root, host, port, tokens)
-    print(f"hubsets serve: {server.url} (root {root})", flush=True)
+    server = make_server(root, host, port, tokens, public_url)
+    public = f", public URL {server.public_url}" if server.public_url != server.url else ""
+    print(f"hubsets serve: {server.url} (root {root}{public})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -66,6 +82,7 @@ class RunningServer:
         self.stop()
 
 
-def start(root: Path, host: str = "127.0.0.1", port: int = 0, tokens: Path | None = None) -> RunningServer:
+def start(root: Path, host: str = "127.0.0.1", port: int = 0, tokens: Path | None = None,
+          public_url: str | None = None, upload_ttl: int = UPLOAD_TTL) -> RunningServer:
     """Start serving `root` in a background thread and return at once."""
-    return RunningServer(make_server(root, host, port, tokens))
+    return RunningServer(make_server(root, host, port, tokens, public_url, upload_ttl))

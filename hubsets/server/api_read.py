@@ -6,6 +6,8 @@ mixes two revisions into one listing.
 
 from __future__ import annotations
 
+import json
+import logging
 import mimetypes
 from collections.abc import Iterable
 from functools import lru_cache
@@ -13,9 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import yaml
-
-from hubsets.server.cardcheck import FRONT_MATTER
+from hubsets.server.cardcheck import CARD_YAML_MAX, CardError, front_matter, load_card_yaml
 from hubsets.server.context import Call
 from hubsets.server.errors import bad_request, entry_not_found
 from hubsets.server.httpio import flag
@@ -26,21 +26,27 @@ TREE_PAGE = 1000
 EXPAND_PAGE = 100
 """`expand=true` walks history for each entry's last commit, so its pages are smaller (as on the Hub)."""
 COMMITS_PAGE = 50
+log = logging.getLogger("hubsets.server")
 
 
 def _lfs_json(entry: Entry) -> dict[str, Any]:
     return {"oid": entry.oid, "size": entry.size, "pointerSize": len(lfs_pointer(entry.oid, entry.size))}
 
 
-@lru_cache(maxsize=256)
-def _card_data(path: Path, oid: str) -> dict[str, Any] | None:
-    """The README's YAML metadata (`cardData`); keyed by content id, so cached safely."""
-    match = FRONT_MATTER.match(path.read_text(encoding="utf-8", errors="replace"))
+@lru_cache(maxsize=64)
+def _card_json(path: Path, oid: str) -> str | None:
+    """The README's YAML metadata (`cardData`) as JSON text, None if it has none or it cannot be read safely
+    (see `load_card_yaml`). Keyed by content id, so cached safely: repo info costs one dict lookup and a
+    string join for any README, and at most `CARD_YAML_MAX` bytes of it are ever read."""
+    with open(path, "rb") as f:
+        head = f.read(CARD_YAML_MAX + 4096).decode("utf-8", errors="replace")
+    text = front_matter(head)
     try:
-        data = yaml.safe_load(match.group(2)) if match else None
-    except yaml.YAMLError:
+        data = load_card_yaml(text) if text is not None else None
+    except CardError as err:
+        log.warning("README.md %s: card metadata not served: %s", oid[:12], err)
         return None
-    return data if isinstance(data, dict) else None
+    return json.dumps(data, default=str) if isinstance(data, dict) else None  # dates as strings, like the Hub
 
 
 def repo_info(call: Call, repo: ReadableRepo, revision: str) -> None:
@@ -60,11 +66,11 @@ def repo_info(call: Call, repo: ReadableRepo, revision: str) -> None:
         "usedStorage": sum(entry.size for entry in commit.files.values()),
     }
     readme = commit.files.get("README.md")
-    if readme is not None:
-        card = _card_data(repo.file_path("README.md", readme), readme.oid)
-        if card is not None:
-            info["cardData"] = card
-    call.out.send_json(info)
+    card = _card_json(repo.file_path("README.md", readme), readme.oid) if readme is not None else None
+    answer = json.dumps(info)
+    if card is not None:  # spliced in as cached text rather than encoded again for every call
+        answer = f'{answer[:-1]}, "cardData": {card}}}'
+    call.out.send_bytes(200, answer.encode(), {"Content-Type": "application/json"})
 
 
 def _last_commits(repo: ReadableRepo, head: Commit, paths: Iterable[str]) -> dict[str, Commit]:

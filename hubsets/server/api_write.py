@@ -10,18 +10,29 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from hubsets.server.cardcheck import validate_card
 from hubsets.server.context import Call, Hub
 from hubsets.server.errors import HubError, bad_request
-from hubsets.server.httpio import flag
+from hubsets.server.httpio import LENGTH_RE, flag, parse_json
 from hubsets.server.objects import Entry, clean_repo_path, upload_mode
 from hubsets.server.repo import REPO_TYPES, SHA1_RE, URL_PREFIX, RepoMeta, check_name
 from hubsets.server.store import SHA256_RE, DeleteFile, DeleteFolder, Operation, PutFile, StoreRepo
 
 LFS_JSON = {"Content-Type": "application/vnd.git-lfs+json"}
+CARD_BODY_MAX = 1024 * 1024
+"""validate-yaml: a whole README (the YAML part has its own, smaller cap in `cardcheck`)."""
+PREUPLOAD_MAX = 2 * 1024 * 1024
+"""Clients send 256 files per preupload call, each a path and a 512-byte sample: about 300 KB."""
+LFS_BATCH_MAX = 1024 * 1024
+"""Clients send 256 objects per batch call, about 100 bytes each."""
+COMMIT_LINE_MAX = 16 * 1024 * 1024
+"""One NDJSON line: an inline file is at most 10 MB (larger ones go through LFS), 13.4 MB in base64."""
+COMMIT_BODY_MAX = 1024 * 1024 * 1024
+COMMIT_OPERATIONS_MAX = 100_000
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
@@ -32,12 +43,14 @@ def _field(obj: Any, key: str, kind: type, where: str) -> Any:
 
 
 def validate_yaml(call: Call) -> None:
-    content = _field(call.json(), "content", str, "validate-yaml")
+    """Open to anonymous callers, as on the Hub (`RepoCard.validate` sends no token): bounded instead."""
+    content = _field(call.json(CARD_BODY_MAX), "content", str, "validate-yaml")
     errors = validate_card(content)
     call.out.send_json({"errors": [{"message": e} for e in errors], "warnings": []}, 400 if errors else 200)
 
 
 def create_repo(call: Call, hub: Hub) -> None:
+    hub.auth.check_writer(call.identity)
     body = call.json()
     kind = body.get("type") or "model"
     name = _field(body, "name", str, "create repo")
@@ -61,6 +74,7 @@ def create_repo(call: Call, hub: Hub) -> None:
 
 
 def delete_repo(call: Call, hub: Hub) -> None:
+    hub.auth.check_writer(call.identity)
     body = call.json()
     kind = body.get("type") or "model"
     name = _field(body, "name", str, "delete repo")
@@ -72,7 +86,7 @@ def delete_repo(call: Call, hub: Hub) -> None:
 def preupload(call: Call, repo: StoreRepo, revision: str) -> None:
     """Tell the client, per file, whether it goes inline (`regular`) or via LFS, and the remote oid to skip
     unchanged files (git blob id for regular files, sha256 for LFS files)."""
-    files = _field(call.json(), "files", list, "preupload")
+    files = _field(call.json(PREUPLOAD_MAX), "files", list, "preupload")
     try:
         current = repo.resolve(revision).files
     except HubError:
@@ -94,19 +108,20 @@ def preupload(call: Call, repo: StoreRepo, revision: str) -> None:
     call.out.send_json({"files": answer})
 
 
-def _signature(hub: Hub, meta: RepoMeta, oid: str, size: int) -> str:
-    message = f"{meta.url_path}:{oid}:{size}".encode()
+def _signature(hub: Hub, meta: RepoMeta, oid: str, size: int, expires: int) -> str:
+    message = f"{meta.url_path}:{oid}:{size}:{expires}".encode()
     return hmac.new(hub.store.secret, message, hashlib.sha256).hexdigest()
 
 
 def lfs_batch(call: Call, hub: Hub, repo: StoreRepo) -> None:
     """Upload instructions; objects already stored get no `actions`, so the client skips them."""
-    body = call.json()
+    body = call.json(LFS_BATCH_MAX)
     if body.get("operation") != "upload":
         raise bad_request("LFS batch: only the upload operation is served (download through /resolve)")
     objects = _field(body, "objects", list, "LFS batch")
     lfs_url = f"{call.base_url}/{repo.meta.url_path}.git/info/lfs/objects"
     answer: list[dict[str, Any]] = []
+    expires = int(time.time()) + hub.upload_ttl
     for obj in objects:
         oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
         if not isinstance(oid, str) or not SHA256_RE.fullmatch(oid) or not isinstance(size, int) or size < 0:
@@ -115,9 +130,9 @@ def lfs_batch(call: Call, hub: Hub, repo: StoreRepo) -> None:
             continue
         item: dict[str, Any] = {"oid": oid, "size": size}
         if not repo.has_object(oid, size):  # stored for another repo only: the client must still send it
-            sig = _signature(hub, repo.meta, oid, size)
+            sig = _signature(hub, repo.meta, oid, size, expires)
             item["actions"] = {
-                "upload": {"href": f"{lfs_url}/{oid}?size={size}&sig={sig}", "header": {}},
+                "upload": {"href": f"{lfs_url}/{oid}?size={size}&expires={expires}&sig={sig}", "header": {}},
                 "verify": {"href": f"{lfs_url}/verify", "header": {}},
             }
         answer.append(item)
@@ -125,14 +140,20 @@ def lfs_batch(call: Call, hub: Hub, repo: StoreRepo) -> None:
 
 
 def lfs_upload(call: Call, hub: Hub, repo: StoreRepo, oid: str) -> None:
-    """The pre-signed PUT (clients send no token here): streamed to disk, checked against oid and size."""
-    try:
-        size = int(call.query["size"][-1])
-        sig = call.query["sig"][-1]
-    except (KeyError, ValueError):
-        raise HubError(403, "upload URL is not signed; ask the LFS batch endpoint for one") from None
-    if not SHA256_RE.fullmatch(oid) or not hmac.compare_digest(sig, _signature(hub, repo.meta, oid, size)):
+    """The pre-signed PUT (clients send no token here): streamed to disk, checked against oid and size.
+
+    The signature covers repo, oid, size and expiry time, so a URL is good for one object, one repo and
+    `hub.upload_ttl` seconds from the batch answer that handed it out.
+    """
+    size_text, expires_text, sig = (call.query.get(key, [""])[-1] for key in ("size", "expires", "sig"))
+    if not (LENGTH_RE.fullmatch(size_text.encode()) and LENGTH_RE.fullmatch(expires_text.encode()) and sig):
+        raise HubError(403, "upload URL is not signed; ask the LFS batch endpoint for one")
+    size, expires = int(size_text), int(expires_text)
+    if not SHA256_RE.fullmatch(oid) or \
+            not hmac.compare_digest(sig, _signature(hub, repo.meta, oid, size, expires)):
         raise HubError(403, "upload URL signature does not match; ask the LFS batch endpoint for a new one")
+    if expires < time.time():
+        raise HubError(403, "upload URL expired; push again to get a new one from the LFS batch endpoint")
     if call.body.length is not None and call.body.length != size:
         raise bad_request(f"upload refused: body has {call.body.length} bytes, expected {size}")
     hub.store.receive(call.body.read, size, oid)
@@ -150,17 +171,27 @@ def lfs_verify(call: Call, repo: StoreRepo) -> None:
     call.out.send_json({})
 
 
-def _parse_commit(hub: Hub, repo: StoreRepo, raw: bytes) -> tuple[dict[str, Any], list[Operation]]:
-    """The NDJSON commit: a header line, then one operation per line. Inline files are stored right away
-    (harmless if the commit fails: blobs are content-addressed); LFS files must be uploaded to this repo."""
-    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    if not all(isinstance(line, dict) for line in lines):
-        raise bad_request("commit: every NDJSON line must be an object")
-    if not lines or lines[0].get("key") != "header" or not isinstance(lines[0].get("value"), dict):
-        raise bad_request("commit: the first line must be the header")
+def _parse_commit(hub: Hub, repo: StoreRepo, raw: Iterable[bytes]) -> tuple[dict[str, Any], list[Operation]]:
+    """The NDJSON commit: a header line, then one operation per line, read one line at a time. Inline files
+    are stored right away (harmless if the commit fails: blobs are content-addressed, and unreferenced ones
+    are collected); LFS files must be uploaded to this repo."""
+    header: dict[str, Any] | None = None
     operations: list[Operation] = []
-    for line in lines[1:]:
+    for text in raw:
+        if not text.strip():
+            continue
+        line = parse_json(text)
+        if not isinstance(line, dict):
+            raise bad_request("commit: every NDJSON line must be an object")
+        if header is None:
+            if line.get("key") != "header" or not isinstance(line.get("value"), dict):
+                raise bad_request("commit: the first line must be the header")
+            header = line["value"]
+            continue
+        if len(operations) >= COMMIT_OPERATIONS_MAX:
+            raise HubError(413, f"commit: more than {COMMIT_OPERATIONS_MAX} operations; split it into several")
         key, value = line.get("key"), line.get("value")
+        value = value if isinstance(value, dict) else {}
         path = _field(value, "path", str, f"commit {key}")
         path = clean_repo_path(path.removesuffix("/") if key == "deletedFolder" else path)
         if key == "file":
@@ -186,14 +217,13 @@ def _parse_commit(hub: Hub, repo: StoreRepo, raw: bytes) -> tuple[dict[str, Any]
             operations.append(DeleteFolder(path))
         else:
             raise bad_request(f"commit: unknown operation {key!r}")
-    return lines[0]["value"], operations
+    if header is None:
+        raise bad_request("commit: the first line must be the header")
+    return header, operations
 
 
 def commit(call: Call, hub: Hub, repo: StoreRepo, revision: str) -> None:
-    try:
-        header, operations = _parse_commit(hub, repo, call.body.read_all())
-    except json.JSONDecodeError:
-        raise bad_request("commit: body is not NDJSON") from None
+    header, operations = _parse_commit(hub, repo, call.body.lines(COMMIT_LINE_MAX, COMMIT_BODY_MAX))
     parent = header.get("parentCommit")
     if parent is not None and (not isinstance(parent, str) or not SHA1_RE.fullmatch(parent)):
         raise bad_request("commit: parentCommit must be a 40-hex commit id")

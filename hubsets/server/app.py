@@ -8,10 +8,11 @@ absolute paths and encoded traversal (`%2e%2e`, `%2f`) are refused with a 400 an
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from hubsets.server import api_read, api_write
 from hubsets.server.context import Call, Hub
@@ -24,6 +25,10 @@ from hubsets.server.store import StoreRepo
 log = logging.getLogger("hubsets.server")
 DRAIN_LIMIT = 16 * 1024 * 1024
 """After an early error, a request body up to this size is read and dropped to keep the connection alive."""
+PATHS_INFO_MAX = 4 * 1024 * 1024
+"""paths-info form bodies: thousands of paths (clients send them in one request)."""
+QUERY_PARAM_RE = re.compile(r"([?&])([^=&\s]*)=([^&\s\"]*)")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 API_KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 WEB_KINDS = {"datasets": "dataset", "spaces": "space"}
 
@@ -32,11 +37,14 @@ class HubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], hub: Hub) -> None:
+    def __init__(self, address: tuple[str, int], hub: Hub, public_url: str | None = None) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self.hub = hub  # before binding: a failed bind calls server_close(), which closes the hub's store
         super().__init__(address, Handler)
-        self.hub = hub
+        self.public_url = check_public_url(public_url) if public_url else self._default_public_url()
+        """The URL clients reach us at: the start of every absolute URL in an answer (LFS upload links,
+        commit URLs, pagination), so a client's `Host` header never decides where uploads go."""
 
     def server_close(self) -> None:
         super().server_close()
@@ -44,9 +52,34 @@ class HubHTTPServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The bound address as a URL."""
         host, port = self.server_address[:2]
-        host = str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return _http_url(str(host), port)
+
+    def _default_public_url(self) -> str:
+        """`--host`/`--port` as a URL; a wildcard bind (`0.0.0.0`) stands for this machine's host name."""
+        host, port = self.server_address[:2]
+        return _http_url(socket.gethostname() if str(host) in WILDCARD_HOSTS else str(host), port)
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def check_public_url(url: str) -> str:
+    """`--public-url` without its trailing `/`; ValueError unless it is an http(s) URL without query."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"--public-url must look like https://host[:port][/prefix], got {url!r}")
+    return url.rstrip("/")
+
+
+def redact(line: str) -> str:
+    """A log line with the value of every `sig` query parameter replaced (a signature is a credential)."""
+    def one(match: re.Match[str]) -> str:
+        name = unquote(match.group(2)).lower()
+        return f"{match.group(1)}{match.group(2)}=REDACTED" if name == "sig" else match.group(0)
+    return QUERY_PARAM_RE.sub(one, line)
 
 
 def _unquote(segment: str) -> str:
@@ -122,7 +155,7 @@ def _route_api(hub: Hub, call: Call, method: str, segs: list[str]) -> None:
             return api_read.commits(call, repo, _revision(rest)[0])
     elif method == "POST" and action == "paths-info":
         repo = hub.readable(call, kind, namespace, name)
-        form = parse_query(call.body.read_all().decode("utf-8", errors="replace"))
+        form = parse_query(call.body.read_all(PATHS_INFO_MAX).decode("utf-8", errors="replace"))
         return api_read.paths_info(call, repo, _revision(rest)[0], form)
     elif method in ("POST", "DELETE") and action in ("preupload", "commit", "branch", "tag"):
         writable = hub.writable(call, kind, namespace, name)
@@ -185,24 +218,24 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def _base_url(self) -> str:
-        host = self.headers.get("Host")
-        return f"http://{host}" if host else self.server.url
-
     def _dispatch(self, method: str) -> None:
         raw_path, _, query = self.path.partition("?")
         out = Responder(self, head=method == "HEAD")
         body: Body | None = None
         hub = self.server.hub
         try:
-            body = Body(self.rfile, self.headers)
-            call = Call(parse_query(query), self.headers, body, self._base_url(), None, out)
+            body = Body(self.rfile, self.headers, self.request_version)
+            call = Call(parse_query(query), self.headers, body, self.server.public_url, None, out)
             call.identity = hub.auth.identify(self.headers.get("Authorization"))
             _route(hub, call, method, raw_path.split("/")[1:])
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except HubError as err:
+            if err.close or body is None or body.broken:  # framing errors: nothing after them can be trusted
+                self.close_connection = True
             self._fail(out, err)
+        except RecursionError:  # a parser below met input nested too deeply: the caller's fault
+            self._fail(out, HubError(400, "request nested too deeply"))
         except Exception:
             log.exception("internal error on %s %s", method, raw_path)
             self._fail(out, HubError(500, "internal server error (see the server log)"))
@@ -214,13 +247,16 @@ class Handler(BaseHTTPRequestHandler):
         if out.status:  # the answer already started: the only honest signal left is closing the connection
             self.close_connection = True
             return
+        if self.close_connection:
+            err.headers["Connection"] = "close"
         try:
             out.send_error(err)
         except OSError:
             self.close_connection = True
 
     def _drain(self, body: Body | None) -> None:
-        if body is None or body.length is None or body.length > DRAIN_LIMIT:
+        if self.close_connection or body is None or body.broken or body.length is None \
+                or body.length > DRAIN_LIMIT:
             self.close_connection = True
             return
         try:
@@ -230,4 +266,4 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("%s %s", self.address_string(), redact(format % args))

@@ -93,14 +93,22 @@ class Auth:
     def can_read(identity: Identity | None, namespace: str, private: bool) -> bool:
         return not private or (identity is not None and identity.owns(namespace))
 
-    def check_write(self, identity: Identity | None, namespace: str) -> Identity:
-        """The caller if they may write to `namespace`; 401 when anonymous, 403 otherwise."""
+    def check_writer(self, identity: Identity | None) -> Identity:
+        """The caller if they may write anywhere; 401 when anonymous, 403 for read-only callers.
+
+        Endpoints whose namespace is in the body check this before reading it, so only writers cost parsing.
+        """
         if identity is None:
             raise HubError(401, "writing needs a token with write access")
         if self._tokens is None and not identity.write:
             raise HubError(403, "writes are disabled: the server is not on loopback and has no --tokens file")
         if not identity.write:
             raise HubError(403, "this token has read access only")
+        return identity
+
+    def check_write(self, identity: Identity | None, namespace: str) -> Identity:
+        """The caller if they may write to `namespace`; 401 when anonymous, 403 otherwise."""
+        identity = self.check_writer(identity)
         if not identity.owns(namespace):
             raise HubError(403, f"user {identity.user!r} cannot write to namespace {namespace!r}")
         return identity

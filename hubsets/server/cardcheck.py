@@ -13,19 +13,68 @@ from typing import Any
 
 import yaml
 
-FRONT_MATTER = re.compile(r"^(\s*---[\r\n]+)([\S\s]*?)([\r\n]+---(\r\n|\n|$))")
 SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
+CLOSING_RE = re.compile(r"[\r\n]---(?:\r\n|\n|$)")
+CARD_YAML_MAX = 256 * 1024
+"""Bytes of YAML metadata a card may have (hubsets' own cards have about 5 KB)."""
+YAML_DEPTH_MAX = 32
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class CardError(ValueError):
+    """The card's metadata cannot be read: the message says why, in one line."""
+
+
+def front_matter(text: str) -> str | None:
+    """The YAML between a README's leading `---` line and the next `---` line; None without one.
+
+    Found with two linear searches: a regular expression with a lazy group and newline runs (as before)
+    took minutes on a few KB of newlines.
+    """
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("---", start) or text[start + 3:start + 4] not in ("\r", "\n"):
+        return None
+    body = start + 3
+    closing = CLOSING_RE.search(text, body)
+    return text[body:closing.start() + 1] if closing else None
+
+
+def load_card_yaml(text: str) -> Any:
+    """The card metadata parsed safely and at a cost linear in its size: at most `CARD_YAML_MAX` bytes,
+    nested at most `YAML_DEPTH_MAX` levels, and no anchors or aliases (the Hub's card YAML needs none, and
+    aliases are how a few hundred bytes expand to gigabytes). Raises `CardError`."""
+    if len(text.encode("utf-8", "surrogatepass")) > CARD_YAML_MAX:
+        raise CardError(f"README.md metadata is over {CARD_YAML_MAX // 1024} KB")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):  # events only: nothing is built yet
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise CardError(f"README.md metadata uses a YAML anchor or alias (line {_line(event)}); "
+                                "write the values out")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > YAML_DEPTH_MAX:
+                    raise CardError(f"README.md metadata is nested deeper than {YAML_DEPTH_MAX} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a safe loader, chosen above)
+    except yaml.YAMLError as err:
+        raise CardError(f"README.md metadata is not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def _line(event: yaml.Event) -> int:
+    return event.start_mark.line + 1 if event.start_mark else 0
 
 
 def validate_card(content: str) -> list[str]:
     """Error messages for the README text `content` (empty list = valid)."""
-    match = FRONT_MATTER.match(content)
-    if match is None:
+    text = front_matter(content)
+    if text is None:
         return []
     try:
-        metadata = yaml.safe_load(match.group(2))
-    except yaml.YAMLError as err:
-        return [f"README.md metadata is not valid YAML: {err}".replace("\n", " ")]
+        metadata = load_card_yaml(text)
+    except CardError as err:
+        return [str(err)]
     if metadata is None:
         return []
     if not isinstance(metadata, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from email.message import Message
@@ -12,9 +11,11 @@ from typing import Any
 from hubsets.server.auth import Auth, Identity
 from hubsets.server.errors import HubError, bad_request, repo_not_found
 from hubsets.server.folder import FolderRepo
-from hubsets.server.httpio import Body, Responder
+from hubsets.server.httpio import JSON_BODY_MAX, Body, Responder, parse_json
 from hubsets.server.repo import REPO_TYPES, ReadableRepo, check_name
 from hubsets.server.store import Store, StoreRepo
+
+UPLOAD_TTL = 3600
 
 
 @dataclass
@@ -23,23 +24,28 @@ class Call:
     headers: Message
     body: Body
     base_url: str
-    """`http://host:port` as the client addressed us: every absolute URL we hand out starts with it."""
+    """The server's public URL (`--public-url`), never the request's `Host`: every absolute URL we hand out
+    starts with it, so a forged `Host` cannot redirect a client's uploads."""
     identity: Identity | None
     out: Responder
 
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body.read_all() or b"{}")
-        except ValueError:
-            raise bad_request("request body is not valid JSON") from None
+    def json(self, limit: int = JSON_BODY_MAX) -> dict[str, Any]:
+        """The body as a JSON object, at most `limit` bytes (every Hub endpoint takes an object); endpoints
+        call it only after checking who may call them."""
+        value = parse_json(self.body.read_all(limit) or b"{}")
+        if not isinstance(value, dict):
+            raise bad_request("request body must be a JSON object")
+        return value
 
 
 class Hub:
     """Repo lookup with access control: pushed repos from the store, else built folders under ROOT."""
 
-    def __init__(self, root: Path, auth: Auth) -> None:
+    def __init__(self, root: Path, auth: Auth, upload_ttl: int = UPLOAD_TTL) -> None:
         self.root = root
         self.auth = auth
+        self.upload_ttl = upload_ttl
+        """Seconds a pre-signed LFS upload URL stays valid."""
         self.store = Store(root)
         self._folders: dict[Path, FolderRepo] = {}
         self._lock = threading.Lock()

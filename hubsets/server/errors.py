@@ -15,6 +15,8 @@ class HubError(Exception):
         self.headers = headers or {}
         self.extra: dict[str, str] = {}
         """More fields for the JSON error body."""
+        self.close = False
+        """Close the connection after answering (the rest of the request body is not worth reading)."""
 
 
 def bad_request(message: str) -> HubError:

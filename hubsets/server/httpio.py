@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from io import BufferedIOBase
@@ -18,22 +18,73 @@ from urllib.parse import parse_qs
 
 from hubsets.server.errors import HubError, bad_request
 
-MAX_JSON_BODY = 512 * 1024 * 1024
 RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+LENGTH_RE = re.compile(rb"[0-9]{1,18}")
+"""A `Content-Length`: ASCII digits only (Python's `int` also takes `+2`, `0_2`, ` 2` and other scripts' digits,
+which a proxy in front may read differently: the root of request smuggling)."""
+CHUNK_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})(;[\x20-\x7e\t]*)?\r\n")
+"""A chunk-size line (RFC 9112 7.1): hex digits, optional extensions, CRLF; nothing else."""
+CHUNK_LINE_MAX = 1024
+TRAILERS_MAX = 8 * 1024
+JSON_BODY_MAX = 64 * 1024
+"""The default cap for a JSON body (create/delete repo, branch, tag, LFS verify need a few hundred bytes)."""
+JSON_DEPTH_MAX = 32
+"""Hub request bodies nest 4 levels at most; deeper ones are refused before anything walks them."""
 
 
 class Body:
-    """The request body as a stream, for `Content-Length` and `Transfer-Encoding: chunked` alike."""
+    """The request body as a stream, for `Content-Length` and `Transfer-Encoding: chunked` alike.
 
-    def __init__(self, rfile: BufferedIOBase, headers: Message) -> None:
+    Framing follows RFC 9112 strictly, because a lenient reading that differs from a proxy's is how requests
+    get smuggled: `Content-Length` must be one plain decimal number, the only transfer coding is `chunked`
+    (alone, on HTTP/1.1), both together are refused, and every chunk-size line and chunk end is checked.
+    Any framing error is a 400 that marks the body `broken`: the connection is closed after the answer, so
+    bytes after the error are never read as another request.
+    """
+
+    def __init__(self, rfile: BufferedIOBase, headers: Message, version: str = "HTTP/1.1") -> None:
         self._rfile = rfile
-        self.chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
-        try:
-            self.length = None if self.chunked else int(headers.get("Content-Length") or 0)
-        except ValueError:
-            raise bad_request("invalid Content-Length") from None
-        self._left = 0 if self.chunked else self.length or 0  # bytes left in the body or in the current chunk
+        self.broken = False
+        self.done = False
+        self.length: int | None = None
+        """The declared `Content-Length`; None for a chunked body."""
+        self._check_headers(headers)
+        encodings = headers.get_all("Transfer-Encoding") or []
+        lengths = headers.get_all("Content-Length") or []
+        if encodings and lengths:
+            raise self._framing("both Content-Length and Transfer-Encoding")
+        if encodings:
+            if version != "HTTP/1.1":
+                raise self._framing(f"Transfer-Encoding on {version}")
+            if len(encodings) != 1 or encodings[0].strip().lower() != "chunked":
+                raise self._framing(f"unsupported Transfer-Encoding {', '.join(encodings)[:60]!r} "
+                                    "(only 'chunked' is served)")
+        elif len(lengths) > 1:
+            raise self._framing("more than one Content-Length")
+        elif lengths:
+            value = lengths[0].strip().encode("latin-1", "replace")
+            if not LENGTH_RE.fullmatch(value):
+                raise self._framing(f"invalid Content-Length {lengths[0][:40]!r}")
+            self.length = int(value)
+        else:
+            self.length = 0
+        self.chunked = bool(encodings)
+        self._left = self.length or 0  # bytes left in the body or in the current chunk
         self.done = not self.chunked and self._left == 0
+
+    def _framing(self, problem: str) -> HubError:
+        self.broken = True
+        return bad_request(f"malformed HTTP request: {problem}")
+
+    def _check_headers(self, headers: Message) -> None:
+        """Refuse what the stdlib parser tolerates but RFC 9112 forbids in a request: folded header lines
+        (obs-fold), and lines that are no header at all (`Name : value`), which it silently turns into the
+        end of the headers."""
+        if headers.defects or headers.get_payload():
+            raise self._framing("a header line is not `Name: value` (no space may precede the colon)")
+        for value in headers.values():
+            if "\r" in value or "\n" in value:
+                raise self._framing("folded header line (obs-fold)")
 
     def read(self, n: int) -> bytes:
         """Up to `n` bytes; b"" once the body is over (or the client hung up: the caller compares sizes)."""
@@ -42,6 +93,7 @@ class Body:
         if self.chunked and self._left == 0:
             self._left = self._next_chunk_size()
             if self._left == 0:
+                self._read_trailers()
                 self.done = True
                 return b""
         data = self._rfile.read(min(n, self._left))
@@ -50,31 +102,90 @@ class Body:
             self.done = True
         elif self._left == 0:
             if self.chunked:
-                self._rfile.readline()  # the CRLF closing the chunk
+                if self._rfile.read(2) != b"\r\n":
+                    raise self._framing("chunk data not followed by CRLF")
             else:
                 self.done = True
         return data
 
     def _next_chunk_size(self) -> int:
-        line = self._rfile.readline(1024)
-        try:
-            size = int(line.split(b";")[0].strip() or b"0", 16)
-        except ValueError:
-            raise bad_request("malformed chunked body") from None
-        if size == 0:
-            while self._rfile.readline(1024).strip():  # trailers
-                pass
-        return size
+        line = self._rfile.readline(CHUNK_LINE_MAX)
+        match = CHUNK_LINE_RE.fullmatch(line)
+        if match is None:
+            raise self._framing(f"invalid chunk-size line {line[:40]!r}")
+        return int(match.group(1), 16)
 
-    def read_all(self, limit: int = MAX_JSON_BODY) -> bytes:
+    def _read_trailers(self) -> None:
+        """Trailer lines up to the blank line ending the body; each must end in CRLF, all within 8 KB."""
+        total = 0
+        while (line := self._rfile.readline(TRAILERS_MAX)) != b"\r\n":
+            total += len(line)
+            if not line.endswith(b"\r\n") or total > TRAILERS_MAX or b":" not in line:
+                raise self._framing("invalid chunked trailer section")
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes: a larger declared length is refused before reading."""
+        if self.length is not None and self.length > limit:
+            raise too_large(limit)
         parts: list[bytes] = []
         total = 0
-        while chunk := self.read(1024 * 1024):
+        while chunk := self.read(min(limit + 1 - total, 1024 * 1024)):
             total += len(chunk)
             if total > limit:
-                raise HubError(413, f"request body over {limit} bytes")
+                raise too_large(limit)
             parts.append(chunk)
         return b"".join(parts)
+
+    def lines(self, limit: int, total_limit: int) -> Iterator[bytes]:
+        """The body split on newlines, streamed: no line may exceed `limit` bytes, nor the body `total_limit`
+        (so an NDJSON commit costs one line of memory, whatever its size)."""
+        if self.length is not None and self.length > total_limit:
+            raise too_large(total_limit)
+        parts: list[bytes] = []  # the line being assembled
+        size = total = 0
+        while chunk := self.read(1024 * 1024):
+            total += len(chunk)
+            if total > total_limit:
+                raise too_large(total_limit)
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                parts.append(chunk[start:end])
+                size += end - start
+                if size > limit:
+                    raise too_large(limit, "a line of the request body")
+                yield b"".join(parts)
+                parts, size, start = [], 0, end + 1
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+            if size > limit:
+                raise too_large(limit, "a line of the request body")
+        if size:
+            yield b"".join(parts)
+
+
+def too_large(limit: int, what: str = "request body") -> HubError:
+    """413 for a body over what its endpoint needs; the connection closes (the rest is never read)."""
+    err = HubError(413, f"{what} over {limit} bytes, the most this endpoint accepts")
+    err.close = True
+    return err
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON body: malformed or nested deeper than `JSON_DEPTH_MAX` is a 400, never a 500."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise bad_request(f"request body is JSON nested deeper than {JSON_DEPTH_MAX} levels") from None
+    except ValueError:  # includes UnicodeDecodeError
+        raise bad_request("request body is not valid JSON") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > JSON_DEPTH_MAX:
+                raise bad_request(f"request body is JSON nested deeper than {JSON_DEPTH_MAX} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 def flag(query: Mapping[str, list[str]], name: str) -> bool:

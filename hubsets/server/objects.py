@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,10 @@ from typing import Any
 
 from hubsets.server.errors import bad_request
 
+PATH_MAX_BYTES = 1024
+PATH_PART_MAX_BYTES = 255
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+"""Control characters and lone surrogates (JSON can carry them; no filesystem or UTF-8 file can)."""
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 REGULAR_MAX_BYTES = 10 * 1024 * 1024
 """Larger files always go through LFS (the Hub's threshold)."""
@@ -26,12 +31,19 @@ LFS_SUFFIXES = (".parquet", ".arrow", ".bin", ".safetensors", ".npy", ".npz", ".
 
 
 def clean_repo_path(path: str) -> str:
-    """`path` if it is a plain relative POSIX path (no `.`/`..`/empty parts, no backslash or NUL); else 400.
+    """`path` if it is a plain relative POSIX path (no `.`/`..`/empty parts, no backslash or control
+    character, at most 255 bytes a part and 1024 in all); else 400.
 
     Stored repos never map repo paths to the filesystem, but folder repos do: this is what keeps them inside.
+    The length caps are what every client's filesystem can hold (a download writes the path under its cache).
     """
-    if not path or any(part in ("", ".", "..") for part in path.split("/")) or "\\" in path or "\0" in path:
-        raise bad_request(f"invalid path {path!r}: must be relative, without '.', '..' or empty parts")
+    parts = path.split("/")
+    if not path or any(part in ("", ".", "..") for part in parts) or "\\" in path or CONTROL_RE.search(path):
+        raise bad_request(f"invalid path {path[:200]!r}: must be relative, without '.', '..', empty parts "
+                          "or control characters")
+    if len(path.encode()) > PATH_MAX_BYTES or any(len(part.encode()) > PATH_PART_MAX_BYTES for part in parts):
+        raise bad_request(f"invalid path {path[:100]!r}...: over {PATH_MAX_BYTES} bytes, or a part over "
+                          f"{PATH_PART_MAX_BYTES}")
     return path
 
 

@@ -22,6 +22,7 @@ SHA1_RE = re.compile(r"[0-9a-f]{40}")
 PR_RE = re.compile(r"refs/pr/([1-9][0-9]{0,8})")
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 REF_NAME_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+REF_NAME_MAX = 255
 
 
 def check_name(value: str, what: str = "repo namespace/name") -> str:
@@ -32,10 +33,15 @@ def check_name(value: str, what: str = "repo namespace/name") -> str:
 
 
 def check_ref_name(value: str) -> str:
-    """A branch or tag name: path-like, no `..`, not reserved (`refs/...`) and not a commit id."""
-    if not REF_NAME_RE.fullmatch(value) or ".." in value or value.startswith("refs/") \
-            or SHA1_RE.fullmatch(value):
-        raise bad_request(f"invalid branch or tag name {value!r}")
+    """A branch or tag name as git allows it (`git check-ref-format`, which the Hub applies): path-like, at
+    most 255 characters, no part that starts with `.` or ends in `.lock`, no `..`, not reserved (`refs/...`)
+    and not a commit id."""
+    parts = value.split("/")
+    if len(value) > REF_NAME_MAX or not REF_NAME_RE.fullmatch(value) or ".." in value \
+            or any(part.startswith(".") or part.endswith(".lock") for part in parts) or value.endswith(".") \
+            or value.startswith("refs/") or SHA1_RE.fullmatch(value):
+        raise bad_request(f"invalid branch or tag name {value[:100]!r}: use letters, digits and `._-/`, "
+                          f"at most {REF_NAME_MAX} characters, no part starting with '.'")
     return value
 
 

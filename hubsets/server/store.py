@@ -9,7 +9,8 @@ Layout under `ROOT/.hubsets-serve/`:
 
 Every visible change is one `os.replace` of a complete, fsynced file: a blob, then a commit manifest, then
 the refs file. A process killed at any point leaves the old or the new state plus leftovers in tmp/, which
-the next start clears.
+the next start clears, together with blobs no commit references (an interrupted push's uploads, files of
+deleted repos) once they are a day old; `hubsets serve --gc` collects those at once. A full disk is a 507.
 
 Blobs are shared, but a repo may only commit LFS objects uploaded through it (`objects/<sha256>` markers):
 knowing the sha256 of someone else's private file must not be enough to read it.
@@ -17,14 +18,17 @@ knowing the sha256 of someone else's private file must not be enough to read it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,6 +45,24 @@ STATE_DIR = ".hubsets-serve"
 CHUNK = 1024 * 1024
 SECRET_BYTES = 32
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+GC_GRACE_S = 24 * 3600
+"""At start, unreferenced blobs older than this are deleted; younger ones may belong to a push that is
+being retried (it skips what is stored), and `hubsets serve --gc` deletes them whatever their age."""
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+log = logging.getLogger("hubsets.server")
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """A full disk (or quota, or file-size limit) as a 507 the client reports at once, not a 500 it retries."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in FULL_ERRNOS:
+            raise
+        log.error("cannot store: %s", os.strerror(err.errno))
+        raise HubError(507, f"the server cannot store this upload ({os.strerror(err.errno)}): free space "
+                            "on the server's disk, then push again") from None
 
 
 def now_iso() -> str:
@@ -107,6 +129,35 @@ class Store:
         for sub in ("blobs", "tmp", "repos"):
             (self.state / sub).mkdir(exist_ok=True)
         self.secret = self._secret()
+        self.collect_garbage(GC_GRACE_S)
+
+    def referenced_blobs(self) -> set[str]:
+        """Every blob some commit of some repo names (old commits stay readable, so they count)."""
+        used: set[str] = set()
+        for manifest in (self.state / "repos").glob("*/*/*/commits/*.json"):
+            used.update(entry["oid"] for entry in json.loads(manifest.read_bytes())["files"].values())
+        return used
+
+    def collect_garbage(self, grace_s: float = 0) -> tuple[int, int]:
+        """Delete blobs no commit references and older than `grace_s` (an interrupted push's uploads, a
+        deleted repo's files), and the upload markers pointing at them; returns (blobs, bytes) freed.
+
+        Runs only while this process owns the root and before it serves, so no commit can be in flight.
+        """
+        used = self.referenced_blobs()
+        cutoff = time.time() - grace_s
+        count = freed = 0
+        for blob in (self.state / "blobs").glob("*/*"):
+            stat = blob.stat()
+            if blob.name not in used and stat.st_mtime <= cutoff:
+                blob.unlink()
+                count, freed = count + 1, freed + stat.st_size
+        for marker in (self.state / "repos").glob("*/*/*/objects/*"):
+            if not self.has_blob(marker.name):
+                marker.unlink()
+        if count:
+            log.info("collected %d unreferenced blob(s), %d bytes", count, freed)
+        return count, freed
 
     def close(self) -> None:
         """Release the root for another server process."""
@@ -161,14 +212,17 @@ class Store:
 
     @contextmanager
     def _temp_file(self) -> Iterator[tuple[IO[bytes], Path]]:
-        """A file in tmp/ that disappears unless `_publish` renamed it into place."""
-        f = tempfile.NamedTemporaryFile(dir=self.tmp, delete=False)  # noqa: SIM115 (closed below)
-        tmp = Path(f.name)
-        try:
-            yield f, tmp
-        finally:
-            f.close()
-            tmp.unlink(missing_ok=True)
+        """A file in tmp/ that disappears unless `_publish` renamed it into place; a full disk is a 507."""
+        with storage_errors():
+            f = tempfile.NamedTemporaryFile(dir=self.tmp, delete=False)  # noqa: SIM115 (closed below)
+            tmp = Path(f.name)
+            try:
+                yield f, tmp
+            finally:
+                try:
+                    f.close()  # flushing the buffer may hit the full disk too
+                finally:
+                    tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _publish(f: IO[bytes], tmp: Path, target: Path) -> None:
@@ -203,10 +257,15 @@ class Store:
         initial = Commit.create(parent=None, title="initial commit", message="", author=author, date=created,
                                 files={})
         staging = Path(tempfile.mkdtemp(dir=self.tmp))
-        (staging / "commits").mkdir()
-        (staging / "repo.json").write_text(json.dumps({"private": private, "createdAt": created}))
-        (staging / "commits" / f"{initial.id}.json").write_bytes(initial.to_bytes())
-        (staging / "refs.json").write_text(json.dumps(Refs(branches={"main": initial.id}).to_json()))
+        try:
+            with storage_errors():
+                (staging / "commits").mkdir()
+                (staging / "repo.json").write_text(json.dumps({"private": private, "createdAt": created}))
+                (staging / "commits" / f"{initial.id}.json").write_bytes(initial.to_bytes())
+                (staging / "refs.json").write_text(json.dumps(Refs(branches={"main": initial.id}).to_json()))
+        except HubError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         target = self._repo_dir(kind, namespace, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -257,8 +316,9 @@ class StoreRepo(ReadableRepo):
         """Record that the content of `oid` was uploaded through this repo, so its commits may use it."""
         marker = self.directory / "objects" / oid
         if not marker.exists():
-            marker.parent.mkdir(exist_ok=True)
-            marker.touch()
+            with storage_errors():
+                marker.parent.mkdir(exist_ok=True)
+                marker.touch()
 
     def has_object(self, oid: str, size: int | None = None) -> bool:
         """Whether `oid` is stored (with `size`, if given) and was uploaded through this repo."""
