@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 import hubsets
-from hubsets import card, pylist, registry
+from hubsets import card, lock, pylist, registry
 from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
 from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
 from hubsets.writer import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
@@ -40,7 +40,7 @@ MANIFEST = "hubsets.json"
 REJECTS = "rejects/rejects.jsonl"
 CACHE = ".cache"
 """Builders' caches under the output folder; never deleted by a rebuild, never part of the dataset."""
-KEPT = (CACHE, STAGING)
+KEPT = (CACHE, STAGING, lock.LOCK)
 RUNNERS = ("local", "ray")
 
 
@@ -102,6 +102,7 @@ class _SeenIds:
         self._runs.append((high, low))
 
 
+@lock.holding("out")  # one build per --out: a second one stops at once, naming the holder's pid
 def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: str = "local",
           ray_address: str | None = None, allow_bad_files: bool = False, progress: bool | None = None,
           writer_options: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,

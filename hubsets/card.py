@@ -7,8 +7,10 @@ The body is the builder's template with measured tables substituted in (`string.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,8 +37,10 @@ def metadata(builder: Builder, manifest: Mapping[str, Any]) -> dict[str, Any]:
     # the default config's size; a build without it (KALE from `core` alone) is sized by its largest config
     total = sum(n for name, n in sizes.items() if configs[name]["default"]) or max(sizes.values(), default=0)
     header: dict[str, Any] = {"pretty_name": builder.PRETTY_NAME, "license": builder.LICENSE}
-    if builder.LICENSE == "other":
-        header["license_name"] = "unknown"
+    if builder.LICENSE == "other":  # the Hub's convention: name and link only for `other`
+        header["license_name"] = getattr(builder, "LICENSE_NAME", None) or f"{builder.NAME}-upstream-terms"
+        header["license_link"] = (getattr(builder, "LICENSE_LINK", None)
+                                  or f"https://huggingface.co/datasets/{builder.UPSTREAM_REPO}")
     header.update({
         "language": ["en"],
         "task_categories": list(builder.TASK_CATEGORIES),
@@ -109,9 +113,44 @@ def filters_section(manifest: Mapping[str, Any]) -> str:
     return "\n".join(f"- **{name.upper()}** (`{name}`): {f['definition']}" for name, f in manifest["filters"].items())
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Every config shares one features dict: write it out each time, since the Hub rejects YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_NO_REVISION = "\x00no-revision\x00"
+
+
+def _prose(text: str) -> str:
+    """Numbers read as prose: "1 parquet files" -> "1 parquet file" (templates write the plural)."""
+    return re.sub(r"(?<![\d.,])\b1 ((?:[a-z]+ )?)(file|row|image|byte|task|line)s\b", r"1 \1\2", text)
+
+
+_EXAMPLE_CALL = re.compile(r'((?:load_dataset|loader|snapshot_download)\(\s*")([\w.-]+/[\w.-]+)(")')
+
+
+def for_repo(text: str, repo_id: str) -> str:
+    """The card with its examples loading `repo_id` (a build writes the placeholder `ORG/NAME`; a push knows the
+    real id): every `load_dataset("A/B"`, `loader("A/B"` and `snapshot_download("A/B"` names `repo_id`."""
+    return _EXAMPLE_CALL.sub(lambda m: m.group(1) + repo_id + m.group(3), text)
+
+
+def rewrite_for_repo(folder: Path, repo_id: str) -> None:
+    """Rewrite `folder/README.md` in place for `repo_id` (called by `hubsets push` before it uploads)."""
+    path = Path(folder) / "README.md"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        new = for_repo(text, repo_id)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+
+
 def render(builder: Builder, manifest: Mapping[str, Any]) -> str:
     """The full README.md text."""
-    header = yaml.safe_dump(metadata(builder, manifest), sort_keys=False, allow_unicode=True, width=1000)
+    header = yaml.dump(metadata(builder, manifest), Dumper=_NoAliases, sort_keys=False, allow_unicode=True,
+                       width=1000)
     files = manifest["files"]
     rows = sum(f["rows"] for f in files.values())
     size = sum(f["bytes"] for f in files.values())
@@ -120,7 +159,7 @@ def render(builder: Builder, manifest: Mapping[str, Any]) -> str:
         "pretty_name": builder.PRETTY_NAME,
         "description": builder.DESCRIPTION.strip(),
         "upstream_repo": upstream["repo"],
-        "upstream_revision": upstream["revision"] or "not pinned (pass --revision to record it)",
+        "upstream_revision": upstream["revision"] or _NO_REVISION,
         "license": builder.LICENSE,
         "license_note": builder.LICENSE_NOTE.strip(),
         "configs_table": configs_table(manifest),
@@ -141,4 +180,6 @@ def render(builder: Builder, manifest: Mapping[str, Any]) -> str:
     if extra is not None:
         values.update(extra(manifest))
     body = string.Template(resources.card_template(builder.NAME)).substitute(values)
+    body = body.replace(f"at revision `{_NO_REVISION}`", "(upstream revision not recorded)")
+    body = _prose(body.replace(_NO_REVISION, "not recorded"))
     return f"---\n{header}---\n\n{body.strip()}\n"

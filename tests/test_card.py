@@ -40,3 +40,16 @@ def test_size_categories():
     assert size_category(999) == "n<1K"
     assert size_category(2_006_489) == "1M<n<10M"
     assert size_category(218_000_000) == "100M<n<1B"
+
+
+def test_card_reads_right_where_it_is_read():
+    """Examples name the pushed repo, no YAML aliases (the Hub rejects them), prose plurals, Hub license fields."""
+    import yaml
+
+    from hubsets import card
+
+    text = 'x = load_dataset("ORG/NAME", "ir")\ny = hubsets.loader("old/repo", "ir")\nz = load_dataset("out/x")'
+    assert card.for_repo(text, "org/name").count('"org/name"') == 3
+    assert card._prose("12 rows in 1 parquet files, 1 rows, 11 files") == "12 rows in 1 parquet file, 1 row, 11 files"
+    shared = {"a": 1}
+    assert "&" not in yaml.dump({"x": shared, "y": shared}, Dumper=card._NoAliases)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -10,10 +11,31 @@ def hubsets(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hubsets.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+hubsets_cli = hubsets
+
+
 def test_help_everywhere():
     for args in ([], ["list"], ["info"], ["build"], ["validate"], ["serve"], ["push"], ["export"], ["demo"]):
         r = hubsets(*args, "--help")
         assert r.returncode == 0 and "usage: hubsets" in r.stdout, args
+
+
+def test_every_option_of_every_subcommand_has_a_help_line():
+    from hubsets.cli import parser
+
+    top = parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("hubsets", top), *commands.choices.items()]:
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name}: {action.option_strings or action.dest} has no help line"
+
+
+def test_version():
+    import hubsets
+
+    r = hubsets_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"hubsets {hubsets.__version__}"
 
 
 def test_list_and_info():
@@ -25,7 +47,8 @@ def test_list_and_info():
 
 def test_usage_errors_exit_2():
     r = hubsets("info", "nope")
-    assert r.returncode == 2 and "unknown dataset 'nope'" in r.stderr and "hint:" in r.stderr
+    assert r.returncode == 2 and "unknown dataset 'nope'" in r.stderr and "hubsets info --help" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
     r = hubsets("build", "skvqa", "--source", "x", "--out", "y", "--column", "broken")
     assert r.returncode == 2 and "NAME=VALUE" in r.stderr
     assert hubsets("build").returncode == 2

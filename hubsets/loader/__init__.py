@@ -10,11 +10,16 @@ import sys
 import types
 from typing import Any
 
-from hubsets.loader.api import loader
-from hubsets.loader.dataset import Loader
-from hubsets.loader.decode import DecodeOptions
-from hubsets.loader.mix import mix
-from hubsets.loader.plan import merge_states
+try:
+    from hubsets.loader.api import loader
+    from hubsets.loader.dataset import Loader
+    from hubsets.loader.decode import DecodeOptions
+    from hubsets.loader.mix import mix
+    from hubsets.loader.plan import merge_states
+except ModuleNotFoundError as exc:  # without torch: one line naming `pip install 'hubsets[torch]'`
+    from hubsets.extras import missing
+
+    raise missing(exc, "hubsets.loader") from None
 
 __all__ = ["DecodeOptions", "Loader", "loader", "merge_states", "mix"]
 
