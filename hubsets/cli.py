@@ -122,7 +122,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise UsageError(f"--repo must be ORG/NAME, got {args.repo!r}")
     try:
         result = push(Path(args.dir), args.repo, endpoint=args.endpoint, revision=args.revision,
-                      create_pr=args.create_pr, private=args.private, message=args.message)
+                      create_pr=args.create_pr, private=args.private, message=args.message,
+                      stall_timeout=args.stall_timeout, retry_for=args.retry_for, progress=not args.quiet)
     except PushError as exc:
         raise CommandError(_push_failure(str(exc), args)) from exc
     print(result.summary())
@@ -208,6 +209,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--create-pr", action="store_true", help="open a pull request instead of moving the branch")
     s.add_argument("--private", action="store_true", help="create the repo private (only when it is created)")
     s.add_argument("-m", "--message", help="commit message")
+    s.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="a request making no progress this long is retried (default 180, or "
+                        "HUBSETS_PUSH_STALL_TIMEOUT)")
+    s.add_argument("--retry-for", type=float, metavar="SECONDS",
+                   help="keep retrying transient failures this long after the first (default 900, or "
+                        "HUBSETS_PUSH_RETRY_FOR); 0 never retries")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress (bar on a terminal, else a status line every 15 s); the summary stays")
     s.set_defaults(func=cmd_push)
     s = sub.add_parser("demo", help="build a dataset's sample, serve it, push it and load it back with datasets")
     s.add_argument("--dataset", default="skvqa", help="which dataset's generated sample (default skvqa)")

@@ -4,27 +4,48 @@ Only files whose content differs from the remote revision are sent (sha256 again
 for small regular files), and remote files hubsets owns (`data/`, `rejects/`) that the folder no longer has
 are deleted in the same commit, so readers see the old dataset or the new one, never a mix. The commit
 names the remote head it was planned against (`parent_commit`): if someone pushed in between, the server
-refuses it and the push plans again. Transient failures (connection errors, 5xx, 429) are retried with
-exponential backoff; tokens come from huggingface_hub's usual chain and never appear in messages.
+refuses it and the push plans again. Tokens come from huggingface_hub's usual chain and never appear in
+messages.
+
+Retries. Transient failures are retried by planning again: connection errors (refused, reset, a server
+killed mid-upload), 5xx, 429, 412 (the branch moved), huggingface_hub's "client has been closed" (one upload
+thread closing the shared client after a connection error, under the others), and stalls. A *stall* is a
+connect, send or answer that makes no progress for `stall_timeout` seconds (default 180, `--stall-timeout`,
+`HUBSETS_PUSH_STALL_TIMEOUT`): without it a frozen server or a dead link blocks a push forever, since
+huggingface_hub's own client has no timeout. Waits between attempts double from 1 s up to 60 s, for at most
+`retry_for` seconds after the first failure (default 900, `--retry-for`, `HUBSETS_PUSH_RETRY_FOR`); each
+request may also be retried a few times inside huggingface_hub (up to ~25 s of waits). A push that still
+fails names the cause; running it again uploads only what is missing (the LFS batch skips every file the
+server already has).
+
+Progress (`progress=True`, the CLI's default; `--quiet` turns it off): on a terminal one bar of bytes sent,
+files done and the path of the file in flight; otherwise one status line every 15 s, so a log shows where a
+long push is. The CLI then prints `PushResult.summary()`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import random
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+from huggingface_hub import set_client_factory as hf_set_client_factory
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub.utils.sha import git_hash
 
 from hubsets.validate import validate_folder
@@ -35,8 +56,15 @@ REPO_TYPE = "dataset"
 OWNED_PREFIXES = ("data/", "rejects/")
 """Remote files under these prefixes belong to hubsets builds: stale ones are deleted on push."""
 HUB_HOSTS = ("huggingface.co", "hf.co")
-RETRIES = 4
 BACKOFF_S = 1.0
+BACKOFF_MAX_S = 60.0
+STALL_TIMEOUT_S = 180.0
+"""Seconds a connect, send or answer may make no progress before the request counts as failed (retried)."""
+RETRY_FOR_S = 900.0
+"""Seconds after the first failure during which a push keeps retrying (then it fails, naming the cause)."""
+STALL_ENV, RETRY_ENV = "HUBSETS_PUSH_STALL_TIMEOUT", "HUBSETS_PUSH_RETRY_FOR"
+STATUS_EVERY_S = 15.0
+"""Seconds between status lines when progress goes to a log rather than a terminal."""
 T = TypeVar("T")
 
 
@@ -55,14 +83,24 @@ class PushResult:
     commit_url: str | None
     """None when the remote already matched the folder and no commit was made."""
     pr_url: str | None = None
+    seconds: float = 0.0
+    retries: int = 0
+    """Attempts after the first (transient failures survived)."""
 
     def summary(self) -> str:
         """One line for the terminal."""
+        took = f" in {self.seconds:.1f} s" + (f" after {_plural(self.retries, 'retry', 'retries')}"
+                                              if self.retries else "")
         if self.commit_url is None:
-            return f"{self.repo_id}@{self.revision} is already up to date: no commit made, 0 bytes uploaded"
+            return (f"{self.repo_id}@{self.revision} is already up to date: no commit made, 0 bytes uploaded"
+                    f"{took}")
         where = f"pull request {self.pr_url}" if self.pr_url else self.commit_url
         return (f"pushed {self.repo_id}@{self.revision}: {len(self.added)} added, {len(self.changed)} changed, "
-                f"{len(self.deleted)} deleted, {_human(self.bytes_uploaded)} uploaded -> {where}")
+                f"{len(self.deleted)} deleted, {_human(self.bytes_uploaded)} uploaded{took} -> {where}")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
 
 
 def _human(n: int) -> str:
@@ -124,9 +162,12 @@ def _xet_disabled_unless_hub(endpoint: str) -> Iterator[None]:
 
 
 def _is_transient(err: BaseException | None) -> bool:
-    """Connection trouble, 5xx, 429 or 412 (the branch moved while we planned: plan again)."""
+    """Connection trouble or a stall, 5xx, 429 or 412 (the branch moved while we planned: plan again), or the
+    shared client closed under an upload thread by another one's connection error."""
     while err is not None:
         if isinstance(err, httpx2.TransportError | ConnectionError | TimeoutError):
+            return True
+        if isinstance(err, RuntimeError) and "client has been closed" in str(err):
             return True
         if isinstance(err, HfHubHTTPError) and err.response is not None:
             status = err.response.status_code
@@ -139,44 +180,110 @@ def _redact(text: str, token: str | None) -> str:
     if token:
         text = text.replace(token, "***")
     text = re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+    text = re.sub(r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-security-token|token)=)[^&\s'\"]+", r"\1***", text)
     return re.sub(r"\bhf_[A-Za-z0-9]{8,}", "hf_***", text)
 
 
-def _with_retries(action: Callable[[], T], token: str | None, retries: int = RETRIES) -> T:
-    for attempt in range(retries + 1):
+def _describe(err: BaseException) -> str:
+    """The error and its causes, innermost last ("RuntimeError: Error while uploading 'x' <- ReadTimeout: ...")."""
+    parts: list[str] = []
+    messages: set[str] = set()
+    current: BaseException | None = err
+    while current is not None and len(parts) < 4:
+        if str(current) not in messages:  # wrappers often repeat their cause's message
+            messages.add(str(current))
+            text = " ".join(f"{type(current).__name__}: {current}".split()).rstrip(":")  # one line
+            if isinstance(current, httpx2.TimeoutException):
+                text += " (stalled: no progress within the stall timeout, --stall-timeout)"
+            parts.append(text[:300])
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Policy:
+    stall_timeout: float
+    retry_for: float
+
+
+def _policy(stall_timeout: float | None, retry_for: float | None) -> _Policy:
+    """The arguments, else the environment, else the defaults; a bad value is a PushError naming it."""
+    values = []
+    for value, env, default, name in ((stall_timeout, STALL_ENV, STALL_TIMEOUT_S, "stall timeout"),
+                                      (retry_for, RETRY_ENV, RETRY_FOR_S, "retry time")):
+        if value is None:
+            raw = os.environ.get(env, "").strip()
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise PushError(f"{env}={raw!r} is not a number of seconds") from None
+        if not value >= (0 if name == "retry time" else 0.001):
+            raise PushError(f"the push {name} must be a positive number of seconds, got {value!r}")
+        values.append(float(value))
+    return _Policy(*values)
+
+
+def _with_retries(action: Callable[[], T], token: str | None, policy: _Policy, progress: PushProgress,
+                  attempts: list[int]) -> T:
+    """`action()`, retried on transient failures with doubling waits for up to `policy.retry_for` seconds after
+    the first failure; `attempts[0]` counts the retries made."""
+    first_failure: float | None = None
+    backoff = BACKOFF_S
+    while True:
         try:
             return action()
         except Exception as err:
-            if attempt == retries or not _is_transient(err):
-                raise PushError(_redact(f"push failed: {type(err).__name__}: {err}", token)) from None
-            wait = BACKOFF_S * 2**attempt
-            log.warning("%s", _redact(f"transient error ({type(err).__name__}: {err}); retrying in {wait:.0f} s",
-                                      token))
+            if not _is_transient(err):
+                raise PushError(_redact(f"push failed: {_describe(err)}", token)) from None
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            wait = min(BACKOFF_MAX_S, backoff) * random.uniform(0.8, 1.2)
+            if now + wait - first_failure > policy.retry_for:
+                tried = _plural(attempts[0], "retry", "retries")
+                raise PushError(_redact(
+                    f"push failed after retrying for {now - first_failure:.0f} s ({tried}; the limit is "
+                    f"{policy.retry_for:g} s, --retry-for): {_describe(err)}. Run the same command again when the "
+                    "server is reachable: only what is missing is uploaded", token)) from None
+            message = _redact(f"transient error ({_describe(err)}); retrying in {wait:.1f} s", token)
+            log.warning("%s", message)
+            progress.note(f"retrying in {wait:.0f} s after {type(err).__name__}")
             time.sleep(wait)
-    raise AssertionError("unreachable")
+            backoff *= 2
+            attempts[0] += 1
 
 
 def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: str = "main",
          create_pr: bool = False, private: bool = False, message: str | None = None,
-         token: str | bool | None = None) -> PushResult:
+         token: str | bool | None = None, stall_timeout: float | None = None, retry_for: float | None = None,
+         progress: bool | PushProgress = False) -> PushResult:
     """Publish `folder` (a `hubsets build` output) to dataset repo `repo_id` at branch `revision`.
 
     Validates the folder first and refuses an invalid one (PushError listing the problems). Creates the repo
     if needed (`private` applies only then) and the branch from main if it is missing. With `create_pr`, the
-    commit opens a pull request against `revision` and leaves the branch untouched.
+    commit opens a pull request against `revision` and leaves the branch untouched. `stall_timeout` and
+    `retry_for` (seconds; default from the environment, else 180 and 900) bound stalls and retrying (see the
+    module docstring); `progress` shows it on stderr (or pass a `PushProgress`).
     """
+    started = time.monotonic()
     folder = Path(folder)
+    policy = _policy(stall_timeout, retry_for)
     errors = validate_folder(folder)
     if errors:
         raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
+    shown = progress if isinstance(progress, PushProgress) else PushProgress(enabled=progress)
+    shown.note("hashing the folder")
     local = _local_files(folder)
     sent = _Sent()
-    with _xet_disabled_unless_hub(api.endpoint):
-        _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True), secret)
-        return _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message, sent),
-                             secret)
+    retries = [0]
+    with _xet_disabled_unless_hub(api.endpoint), _stall_timeout(policy.stall_timeout), shown.showing() as track:
+        shown.note("connecting")
+        _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
+                      secret, policy, shown, retries)
+        result = _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message, sent,
+                                                  shown if track else None), secret, policy, shown, retries)
+    return replace(result, seconds=time.monotonic() - started, retries=retries[0])
 
 
 @dataclass
@@ -203,7 +310,7 @@ def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> st
 
 
 def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFile], revision: str,
-               create_pr: bool, message: str | None, sent: _Sent) -> PushResult:
+               create_pr: bool, message: str | None, sent: _Sent, progress: PushProgress | None) -> PushResult:
     """Plan against the remote head and commit the difference. When an earlier attempt's commit went unanswered
     and the retry finds it landed (the branch, or a pull request opened since, now matches the folder), the
     result reports that commit rather than "already up to date" or a second pull request."""
@@ -213,6 +320,8 @@ def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFi
                 number = ref.removeprefix("refs/pr/")
                 return replace(sent.result, commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{sha}",
                                pr_url=f"{api.endpoint}/datasets/{repo_id}/discussions/{number}")
+    if progress is not None:
+        progress.note("planning against the remote")
     head = _remote_head(api, repo_id, revision, create_pr)
     added, changed, deleted = _plan(api, repo_id, local, head)
     if not (added or changed or deleted):
@@ -220,15 +329,32 @@ def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFi
             return replace(sent.result, commit_url=f"{api.endpoint}/datasets/{repo_id}/commit/{head}")
         return PushResult(repo_id, revision, (), (), (), 0, None)
     operations: list[CommitOperationAdd | CommitOperationDelete] = [
-        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local[path].path)) for path in added + changed]
+        _addition(path, local[path], progress) for path in added + changed]
     operations += [CommitOperationDelete(path_in_repo=path) for path in deleted]
+    if progress is not None:
+        progress.plan({path: local[path].size for path in added + changed})
     summary = message or f"hubsets push: {len(added)} added, {len(changed)} changed, {len(deleted)} deleted"
     sent.prs_before = frozenset(_pull_requests(api, repo_id)) if create_pr else frozenset()
     sent.result = PushResult(repo_id, revision, added, changed, deleted,
                              sum(local[path].size for path in added + changed), None)
-    info = api.create_commit(repo_id, operations, commit_message=summary, repo_type=REPO_TYPE,
-                             revision=revision, create_pr=create_pr, parent_commit=head)
+    try:
+        info = api.create_commit(repo_id, operations, commit_message=summary, repo_type=REPO_TYPE,
+                                 revision=revision, create_pr=create_pr, parent_commit=head)
+    finally:
+        for op in operations:
+            if isinstance(op, CommitOperationAdd) and isinstance(op.path_or_fileobj, _TrackedFile):
+                op.path_or_fileobj.close()
     return replace(sent.result, commit_url=info.commit_url, pr_url=info.pr_url)
+
+
+def _addition(path: str, local: _LocalFile, progress: PushProgress | None) -> CommitOperationAdd:
+    """An upload of `local`, its sha256 given (the folder was hashed once already); with `progress`, read
+    through a `_TrackedFile` so the bytes sent and the path in flight can be shown."""
+    op = CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local.path))
+    op.upload_info.sha256 = bytes.fromhex(local.sha256)
+    if progress is not None:
+        op.path_or_fileobj = _TrackedFile(local.path, local.size, path, progress)  # type: ignore[assignment]
+    return op
 
 
 def _plan(api: HfApi, repo_id: str, local: dict[str, _LocalFile], revision: str
@@ -248,3 +374,223 @@ def _pull_requests(api: HfApi, repo_id: str) -> dict[str, str]:
     """The repo's pull-request refs (`refs/pr/N`) and the commits they point at."""
     refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE, include_pull_requests=True)
     return {ref.ref: ref.target_commit for ref in refs.pull_requests or []}
+
+
+# --- stalls: a timeout on every request huggingface_hub sends -----------------------------------------------
+
+_STALL_LOCK = threading.Lock()
+_stall_users = 0
+_stall_previous: Any = None
+
+
+@contextmanager
+def _stall_timeout(seconds: float) -> Iterator[None]:
+    """Bound every connect, send, answer and pool wait of huggingface_hub's shared client by `seconds`.
+
+    Its client has no timeout and some calls pass `timeout=None` explicitly, so the limit is applied in a
+    request hook (after the client resolved the request's timeout), installed through huggingface_hub's
+    `set_client_factory` on top of whatever factory was in use, and removed afterwards. Nested or concurrent
+    pushes in one process share the first one's setting."""
+    global _stall_users, _stall_previous
+    from huggingface_hub.utils import _http as hf_http
+
+    def hook(request: httpx2.Request) -> None:
+        timeouts = dict(request.extensions.get("timeout") or {})
+        for phase in ("connect", "read", "write", "pool"):
+            value = timeouts.get(phase)
+            timeouts[phase] = seconds if value is None else min(value, seconds)
+        request.extensions["timeout"] = timeouts
+
+    with _STALL_LOCK:
+        _stall_users += 1
+        if _stall_users == 1:
+            previous = getattr(hf_http, "_GLOBAL_CLIENT_FACTORY", hf_http.default_client_factory)
+            _stall_previous = previous
+
+            def factory() -> httpx2.Client:
+                client = previous()
+                hooks = client.event_hooks
+                client.event_hooks = {**hooks, "request": [*hooks.get("request", []), hook]}
+                return client
+
+            hf_set_client_factory(factory)
+    try:
+        yield
+    finally:
+        with _STALL_LOCK:
+            _stall_users -= 1
+            if _stall_users == 0:
+                hf_set_client_factory(_stall_previous)
+
+
+# --- progress ----------------------------------------------------------------------------------------------
+
+class PushProgress:
+    """What a push shows while it runs (on `stream`, default stderr): on a terminal, one bar of bytes sent with
+    files done and the repo path in flight; elsewhere, one status line every `every` seconds. Nothing at all
+    when not `enabled`. huggingface_hub's own per-file bars are turned off meanwhile (they name only the
+    file's base name), except for Xet uploads with progress on, which read files themselves and report
+    through their own bar."""
+
+    def __init__(self, stream: TextIO | None = None, *, every: float = STATUS_EVERY_S, enabled: bool = True,
+                 terminal: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.every = every
+        self.terminal = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) \
+            if terminal is None else terminal
+        self._lock = threading.Lock()
+        self._sizes: dict[str, int] = {}
+        self._sent: dict[str, int] = {}
+        self._current: str | None = None
+        self._note = "starting"
+        self._started = time.monotonic()
+        self._bar: Any = None
+        self._last_draw = 0.0
+
+    def note(self, text: str) -> None:
+        """What the push is doing when no file is in flight (planning, retrying, ...)."""
+        with self._lock:
+            self._note, self._current = text, None
+        self._draw(force=True)
+
+    def plan(self, sizes: dict[str, int]) -> None:
+        """The files this attempt uploads (the LFS batch may find some already there: those count once the
+        commit is made)."""
+        with self._lock:
+            first, self._sizes, self._sent = not self._sizes, dict(sizes), {}
+            self._note, self._current = f"uploading {_plural(len(sizes), 'file', 'files')}", None
+        if self.enabled and not self.terminal and first:  # a log shows at once what the push is about to do
+            print(f"push: {_plural(len(sizes), 'file', 'files')} ({_human(sum(sizes.values()))}) to upload",
+                  file=self.stream, flush=True)
+        self._draw(force=True)
+
+    def sent(self, path: str, position: int) -> None:
+        """`path` was read up to `position` for sending (a retry reads it again from the start)."""
+        with self._lock:
+            self._sent[path] = position
+            self._current = path  # the latest file read: in flight, or just handed to the connection
+            last = len(self._done()) == len(self._sizes)
+            if last:
+                self._note, self._current = "committing", None
+        self._draw(force=last)
+
+    def status(self) -> str:
+        """One line: bytes and files sent of those planned, and the file in flight (or what is happening)."""
+        sent, total, done, files, doing = self._state()
+        elapsed = time.monotonic() - self._started
+        if not files:
+            return f"push: {doing} ({elapsed:.0f} s)"
+        return (f"push: {_human(sent)} of {_human(total)}, {done} of {_plural(files, 'file', 'files')} sent; "
+                f"{doing} ({elapsed:.0f} s)")
+
+    def _state(self) -> tuple[int, int, int, int, str]:
+        """(bytes sent, bytes planned, files done, files planned, what is happening)."""
+        with self._lock:
+            sent = sum(min(n, self._sizes.get(p, n)) for p, n in self._sent.items())
+            doing = f"sending {self._current}" if self._current else self._note
+            return sent, sum(self._sizes.values()), len(self._done()), len(self._sizes), doing
+
+    def _done(self) -> list[str]:
+        return [p for p, size in self._sizes.items() if self._sent.get(p, -1) >= size]
+
+    def _draw(self, force: bool = False) -> None:
+        if self._bar is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.2:
+            return
+        self._last_draw = now
+        sent, total, done, files, doing = self._state()
+        self._bar.total = total or None
+        self._bar.n = sent
+        self._bar.set_postfix_str(f"{done}/{files} files, {doing}" if files else doing, refresh=False)
+        self._bar.refresh()
+
+    @contextmanager
+    def showing(self) -> Iterator[bool]:
+        """Shows progress for the duration; yields whether files should be read through `_TrackedFile`."""
+        track = self.enabled and not (constants.HF_HUB_DISABLE_XET is False and _xet_available())
+        quiet_hf = (track or not self.enabled) and not are_progress_bars_disabled()
+        if quiet_hf:
+            disable_progress_bars()
+        stop = threading.Event()
+        ticker = None
+        if self.enabled and self.terminal:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="B", unit_scale=True, desc="push", file=self.stream, leave=False)
+        elif self.enabled:
+            def tick() -> None:
+                while not stop.wait(self.every):
+                    print(self.status(), file=self.stream, flush=True)
+
+            ticker = threading.Thread(target=tick, name="hubsets-push-status", daemon=True)
+            ticker.start()
+        try:
+            yield track
+        finally:
+            stop.set()
+            if ticker is not None:
+                ticker.join()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if quiet_hf:
+                enable_progress_bars()
+
+
+def _xet_available() -> bool:
+    try:
+        import hf_xet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TrackedFile(io.BufferedIOBase):
+    """A file for huggingface_hub to upload from, opened only while read (a push of thousands of files must not
+    hold thousands open), reporting how far it was read to a `PushProgress`."""
+
+    def __init__(self, path: Path, size: int, repo_path: str, progress: PushProgress) -> None:
+        super().__init__()
+        self._path, self._size, self._repo_path, self._progress = path, size, repo_path, progress
+        self._file: io.BufferedReader | None = None
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        if self._file is not None:
+            self._file.seek(self._pos)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._file is None:
+            self._file = open(self._path, "rb")  # noqa: SIM115 (closed at EOF or by close())
+            self._file.seek(self._pos)
+        data = self._file.read(-1 if size is None else size)
+        self._pos += len(data)
+        self._progress.sent(self._repo_path, self._pos)
+        if not data or self._pos >= self._size:
+            self._file.close()
+            self._file = None
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()

@@ -31,12 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class ServerProcess:
     """`python -m hubsets.server ROOT` on loopback; stderr (the request log) goes to `log_path`."""
 
-    def __init__(self, root: Path, port: int = 0, tokens: Path | None = None) -> None:
-        self.root, self.tokens = root, tokens
+    def __init__(self, root: Path, port: int = 0, tokens: Path | None = None, public_url: str | None = None) -> None:
+        self.root, self.tokens, self.public_url = root, tokens, public_url
         self.log_path = root.parent / f"{root.name}-server.log"
         args = [sys.executable, "-m", "hubsets.server", str(root), "--port", str(port)]
         if tokens is not None:
             args += ["--tokens", str(tokens)]
+        if public_url is not None:  # e.g. a proxy in front, which upload links must then point at
+            args += ["--public-url", public_url]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT)
         assert self.proc.stdout is not None
@@ -57,7 +59,7 @@ class ServerProcess:
 
     def restart(self) -> ServerProcess:
         """A new server process on the same root and port (after `kill` or `stop`)."""
-        return ServerProcess(self.root, self.port, self.tokens)
+        return ServerProcess(self.root, self.port, self.tokens, self.public_url)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
 from conftest_hub import (
     ServerProcess,
@@ -15,7 +18,8 @@ from conftest_hub import (
 )
 from huggingface_hub import HfApi
 
-from hubsets.hub import PushError, push
+from hubsets import cli
+from hubsets.hub import PushError, PushProgress, _human, push
 
 LOAD_EVERYTHING = """
 import hashlib, os
@@ -197,3 +201,49 @@ def test_a_built_folder_under_root_is_served_read_only_without_a_push(server, tm
     other = built_copy(tmp_path_factory, tmp_path / "other", images=20, seed=1)
     with pytest.raises(PushError, match="read-only"):
         push(other, "local/skvqa", endpoint=server.url, token=False)
+
+
+def test_progress_in_a_log_names_bytes_files_and_the_real_paths(server, tmp_path_factory, tmp_path, capsys):
+    """Not on a terminal: a first line with what will be sent, then status lines (here every 1 ms instead of
+    15 s) with bytes, files and the repo path of the file in flight; huggingface_hub's own bars, one per file
+    and every one labelled `train-00000.parquet`, stay off."""
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    out = io.StringIO()
+    result = push(folder, "org/progress", endpoint=server.url, token=False,
+                  progress=PushProgress(out, every=0.001, terminal=False))
+    lines = out.getvalue().splitlines()
+    files = folder_digests(folder)
+    total = sum((folder / f).stat().st_size for f in files)
+    plan = lines.index(f"push: {len(files)} files ({_human(total)}) to upload")
+    status = [line for line in lines[plan:] if " of " in line]
+    assert status and all(line.startswith("push: ") for line in lines)
+    in_flight = {m.group(1) for line in status if (m := re.search(r"sending (\S+)", line))}
+    assert in_flight and in_flight <= set(files), in_flight  # real repo paths, e.g. data/laion/cap/...
+    assert any(path.startswith("data/") for path in in_flight)
+    assert re.search(rf"{re.escape(_human(total))} of {re.escape(_human(total))}, {len(files)} of {len(files)} "
+                     "files sent", "\n".join(status))
+    assert "train-00000.parquet:" not in capsys.readouterr().err  # no per-file bar from huggingface_hub
+    assert result.seconds > 0 and result.retries == 0 and " in " in result.summary()
+
+
+def test_progress_on_a_terminal_is_one_bar(server, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    out = io.StringIO()
+    push(folder, "org/bar", endpoint=server.url, token=False, progress=PushProgress(out, terminal=True))
+    drawn = out.getvalue()
+    assert drawn.startswith("\rpush: ") and "files sent" not in drawn  # one bar redrawn, not status lines
+    assert re.search(r"15/15 files, committing", drawn), drawn[-500:]
+
+
+def test_cli_push_quiet_prints_only_the_summary(server, tmp_path_factory, tmp_path, capsys):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    assert cli.main(["push", str(folder), "--repo", "org/quiet", "--endpoint", server.url, "--quiet",
+                     "--stall-timeout", "30", "--retry-for", "10"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("pushed org/quiet@main: ") and captured.out.count("\n") == 1
+    assert captured.err == ""
+    rebuilt = built_copy(tmp_path_factory, tmp_path / "other", images=20, seed=1)
+    assert cli.main(["push", str(rebuilt), "--repo", "org/quiet", "--endpoint", server.url]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("push: ") and "to upload" in captured.err  # not a terminal: status lines
+    assert captured.out.startswith("pushed org/quiet@main: ")

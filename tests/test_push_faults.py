@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +32,7 @@ from conftest_hub import (
 )
 from huggingface_hub import HfApi
 
-from hubsets.hub import push
+from hubsets.hub import PushError, push
 
 COUNT_ROWS = """
 import datasets
@@ -268,3 +272,230 @@ def test_a_pull_request_whose_answer_is_lost_is_opened_once(server, tmp_path_fac
     assert result.commit_url == f"{proxy.url}/datasets/org/lost-pr/commit/{prs[0].target_commit}"
     assert api.list_repo_files("org/lost-pr", repo_type="dataset") == main_before  # the PR leaves main alone
     assert set(result.added) == {p.relative_to(folder).as_posix() for p in published_files(folder)}
+
+
+class FaultyLink:
+    """A TCP proxy that looks like the server to the client: requests are slowed to `rate` bytes/s per
+    connection (so an upload is in flight long enough to be hit), `upload_seen` is set once a PUT body is
+    flowing, and `down()`/`up()` stop and restart listening on the same port (cutting every connection), so a
+    server kill looks to the client exactly like a killed server: reset connections, then refused ones."""
+
+    def __init__(self, upstream_port: int = 0, rate: int = 1 << 20, refuse_puts_after: int | None = None) -> None:
+        self.upstream_port, self.rate = upstream_port, rate
+        """Where the server listens (set once it runs: the server must know the link's URL first)."""
+        self.refuse_puts_after = refuse_puts_after
+        """Answer `400` (not retried by any client) to every PUT after this many."""
+        self.puts = 0
+        self.upload_seen = threading.Event()
+        self.port = 0
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.up()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which closes it
+        self.listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, request: bool) -> None:
+        in_put = False
+        try:
+            while data := _recv(src):
+                if request:
+                    if REQUEST_LINE.match(data):
+                        in_put = data.startswith(b"PUT ")
+                        with self._lock:
+                            self.puts += in_put
+                            refuse = in_put and self.refuse_puts_after is not None \
+                                and self.puts > self.refuse_puts_after
+                        if refuse:
+                            src.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            return
+                    elif in_put:
+                        self.upload_seen.set()  # body bytes of a PUT are flowing
+                    time.sleep(len(data) / self.rate)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.down()
+
+
+REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) /\S* HTTP/1\.[01]\r\n")
+
+
+@pytest.fixture()
+def proxied(tmp_path):
+    """(link, holder of the server process): a server whose public URL, and so every upload link it hands out,
+    is a `FaultyLink` in front of it, so uploads pass through the link too."""
+    link = FaultyLink()
+    holder = {"proc": ServerProcess(tmp_path / "root", public_url=link.url)}
+    link.upstream_port = holder["proc"].port
+    yield link, holder
+    link.close()
+    holder["proc"].stop()
+
+
+def push_in_background(folder: Path, repo: str, url: str, **options) -> tuple[threading.Thread, list, list[str]]:
+    """A started thread pushing `folder`; its PushResult, or its error as one line, lands in the lists."""
+    results: list = []
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            results.append(push(folder, repo, endpoint=url, token=False, **options))
+        except Exception as exc:  # noqa: BLE001 (the test reports it)
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=run, daemon=True)  # a hung push must not hold the test run open
+    thread.start()
+    return thread, results, errors
+
+
+def remote_matches(api: HfApi, repo: str, folder: Path) -> bool:
+    """Whether the repo's main holds exactly the folder's files, LFS ones with the folder's sha256."""
+    remote = {f.path: f for f in api.list_repo_tree(repo, recursive=True, repo_type="dataset")
+              if hasattr(f, "lfs")}
+    local = {p.relative_to(folder).as_posix(): p for p in published_files(folder)}
+    return set(remote) == set(local) and all(
+        remote[path].lfs is None or remote[path].lfs.sha256 == hashlib.sha256(local[path].read_bytes()).hexdigest()
+        for path in local)
+
+
+def test_push_survives_kills_and_freezes_mid_upload_without_a_second_command(proxied, tmp_path_factory, tmp_path,
+                                                                           caplog):
+    """Ten pushes, each hit once mid-upload: the server SIGKILLed and restarted (even trials), or SIGSTOPped
+    for twice the stall timeout (odd trials). Before the fix most kills ended in `push failed: RuntimeError:
+    Error while uploading ...` (huggingface_hub's client closed under the other upload threads), and a freeze
+    was waited out silently, however long it lasted."""
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    stall = 1.0
+    link, server = proxied
+    link.rate = 512 * 1024
+    proc: ServerProcess = server["proc"]
+    outcomes, stalls_seen = [], 0
+    for trial in range(10):
+        repo, kill = f"org/faults-{trial}", trial % 2 == 0
+        link.upload_seen.clear()
+        caplog.clear()
+        pusher, results, errors = push_in_background(folder, repo, link.url, stall_timeout=stall, retry_for=30)
+        wait_for(lambda p=pusher: link.upload_seen.is_set() or not p.is_alive(), "an upload to start", timeout=30)
+        assert link.upload_seen.is_set(), f"trial {trial}: the push ended before any upload: {errors}"
+        if kill:
+            proc.kill()
+            link.down()
+            time.sleep(0.3)
+            proc = server["proc"] = proc.restart()
+            link.up()
+        else:
+            os.kill(proc.proc.pid, signal.SIGSTOP)
+            time.sleep(2 * stall)
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        pusher.join(timeout=90)
+        assert not pusher.is_alive(), f"trial {trial}: the push never returned"
+        api = HfApi(endpoint=proc.url, token=False)
+        done = bool(results) and results[0].commit_url is not None and remote_matches(api, repo, folder)
+        outcomes.append(("kill" if kill else "freeze", done, errors[:1]))
+        stalls_seen += (not kill) and "timed out" in caplog.text.lower() + " ".join(errors).lower()
+    completed = sum(done for _, done, _ in outcomes)
+    assert completed >= 9, outcomes
+    assert stalls_seen >= 4, f"the stall timeout fired in only {stalls_seen} of 5 freezes"
+
+
+def lfs_puts(server: ServerProcess, repo: str) -> list[str]:
+    """The oids of the LFS uploads to `repo` the server completed (its request log)."""
+    return re.findall(rf'"PUT /datasets/{re.escape(repo)}\.git/info/lfs/objects/([0-9a-f]{{64}})\?[^"]*" 200',
+                      server.log())
+
+
+def test_rerunning_a_failed_push_uploads_only_what_is_missing(proxied, tmp_path_factory, tmp_path):
+    """A push that fails for good halfway (the link answers 400 to the fifth upload on) says so in one line that
+    tells what to do; the same push again sends only the files the server does not have yet."""
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    link, server = proxied
+    proc: ServerProcess = server["proc"]
+    link.rate, link.refuse_puts_after = 1 << 30, 4
+    with pytest.raises(PushError) as failed:
+        push(folder, "org/rerun", endpoint=link.url, token=False, retry_for=5)
+    link.refuse_puts_after = None
+    message = str(failed.value)
+    assert "\n" not in message and "Error while uploading 'data/" in message and "400" in message, message
+    assert "sig=***" in message and not re.search(r"sig=[0-9a-f]", message)  # a signed URL is not repeated
+    first = lfs_puts(proc, "org/rerun")
+    assert 0 < len(first) <= 4
+
+    result = push(folder, "org/rerun", endpoint=link.url, token=False)
+
+    lfs = [p for p in published_files(folder) if p.stat().st_size > 0 and p.suffix == ".parquet"]
+    second = lfs_puts(proc, "org/rerun")[len(first):]
+    assert len(second) == len(lfs) - len(first) and not set(first) & set(second)
+    assert result.commit_url is not None
+    assert remote_matches(HfApi(endpoint=proc.url, token=False), "org/rerun", folder)
+
+
+def test_a_server_that_never_answers_fails_within_the_retry_time(tmp_path_factory, tmp_path):
+    """Connections are accepted and never answered (a frozen server, a dead NAT entry): each request ends
+    after the stall timeout instead of waiting forever, and the push gives up after `retry_for`, naming the
+    stall. Before, it waited silently, however long."""
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list = []
+    threading.Thread(target=lambda: [held.append(hole.accept()) for _ in iter(int, 1)], daemon=True).start()
+    started = time.monotonic()
+    try:
+        pusher, results, errors = push_in_background(folder, "org/hole", f"http://127.0.0.1:{hole.getsockname()[1]}",
+                                                     stall_timeout=0.3, retry_for=1)
+        pusher.join(timeout=30)
+        assert not pusher.is_alive(), "the push waits forever on a server that never answers"
+    finally:
+        hole.close()
+    assert not results and time.monotonic() - started < 10
+    assert len(errors) == 1 and "stalled" in errors[0] and "--stall-timeout" in errors[0], errors
+    assert "after retrying for" in errors[0] and "only what is missing is uploaded" in errors[0]
+
+
+def test_stall_and_retry_settings_come_from_the_environment(monkeypatch, tmp_path_factory, tmp_path):
+    folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
+    monkeypatch.setenv("HUBSETS_PUSH_STALL_TIMEOUT", "soon")
+    with pytest.raises(PushError, match="HUBSETS_PUSH_STALL_TIMEOUT='soon' is not a number"):
+        push(folder, "org/env", endpoint="http://127.0.0.1:1", token=False)
+    monkeypatch.setenv("HUBSETS_PUSH_STALL_TIMEOUT", "0.2")
+    monkeypatch.setenv("HUBSETS_PUSH_RETRY_FOR", "0")
+    started = time.monotonic()
+    with pytest.raises(PushError, match="after retrying for 0 s"):
+        push(folder, "org/env", endpoint="http://127.0.0.1:1", token=False)  # refused: no retry allowed
+    assert time.monotonic() - started < 5
