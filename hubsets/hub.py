@@ -48,6 +48,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub.utils.sha import git_hash
 
+from hubsets import card
 from hubsets.validate import validate_folder
 from hubsets.writer import sha256_file
 
@@ -268,6 +269,8 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     folder = Path(folder)
     policy = _policy(stall_timeout, retry_for)
     errors = validate_folder(folder)
+    if not errors:
+        card.rewrite_for_repo(folder, repo_id)  # the card's examples load `repo_id`, not ORG/NAME
     if errors:
         raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
     api = HfApi(endpoint=endpoint, token=token)
