@@ -1,8 +1,10 @@
 """KALE image-fetch throughput against a local server with injected latency, next to the ideal rate.
 
-A server process (`hubsets.samples.ImageServer`, threaded, HTTP/1.1 keep-alive) answers every request after
-`--latency` seconds with a photo-like JPEG/PNG. With `c` connections and latency `L`, no client can beat
-`c / L` images/s; the table reports how close two paths get:
+A server process answers every request after `--latency` seconds with a photo-like JPEG/PNG: with
+`--protocol 1.1` (default) `hubsets.samples.ImageServer` (threaded, HTTP/1.1 keep-alive); with `--protocol 1.0`
+Python's own `http.server` serving the images from a folder, as `python -m http.server` does (HTTP/1.0: a new
+connection for every image, the body ending when the server closes it). With `c` connections and latency
+`L`, no client can beat `c / L` images/s; the table reports how close two paths get:
 
 - `fetcher`: `hubsets.fetch.Fetcher.map` alone (download + image sniffing/decode check), no cache;
 - `kale build`: `hubsets build kale --set fetch_images=true` end to end (index, fetch with an on-disk
@@ -11,6 +13,7 @@ A server process (`hubsets.samples.ImageServer`, threaded, HTTP/1.1 keep-alive) 
   (what the network-bound rows above can at best approach).
 
     python benchmarks/bench_fetch.py [--images 2000] [--latency 0.05] [--concurrency 8 16 32 64] [--workers 1]
+                                     [--protocol 1.1|1.0]
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ from hubsets.builder import Options
 DISTINCT = 24
 
 
-def serve(latency: float, images: int, size: tuple[int, int], ready: Any) -> None:
+def serve(latency: float, images: int, size: tuple[int, int], ready: Any, protocol: str = "1.1") -> None:
     """Child process: serve `/img/<i>.jpg` for i < images (DISTINCT distinct bodies), forever."""
     bodies = samples.sample_images(DISTINCT, seed=7, size=size)
+    if protocol == "1.0":
+        serve_folder(latency, images, bodies, ready)
+        return
     routes = {}
     for i in range(images):
         body = bodies[i % DISTINCT]
@@ -43,6 +49,35 @@ def serve(latency: float, images: int, size: tuple[int, int], ready: Any) -> Non
         ready.put((server.port, sum(len(b) for b in bodies) // DISTINCT))
         while True:
             time.sleep(3600)
+
+
+def serve_folder(latency: float, images: int, bodies: list[bytes], ready: Any) -> None:
+    """`http.server` at its default HTTP/1.0 over a folder of the images, `latency` added to every request."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
+    (folder / "img").mkdir()
+    for i in range(images):
+        (folder / "img" / f"{i}.jpg").write_bytes(bodies[i % DISTINCT])
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            time.sleep(latency)
+            self.path = self.path.split("?", 1)[0]  # the build's URLs carry a cache-busting query
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+    server.daemon_threads = True
+    server.request_queue_size = 1024
+    ready.put((server.server_address[1], sum(len(b) for b in bodies) // DISTINCT))
+    try:
+        server.serve_forever()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_fetcher(urls: list[str], concurrency: int) -> tuple[float, int]:
@@ -75,17 +110,20 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--workers", type=int, default=1, help="build worker processes (default 1)")
     p.add_argument("--size", default="256x192", help="image size WxH (default 256x192)")
+    p.add_argument("--protocol", choices=["1.1", "1.0"], default="1.1",
+                   help="1.1: a keep-alive server (default); 1.0: Python's http.server, a connection per image")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    child = ctx.Process(target=serve, args=(args.latency, args.images, size, ready), daemon=True)
+    child = ctx.Process(target=serve, args=(args.latency, args.images, size, ready, args.protocol), daemon=True)
     child.start()
     try:
         port, mean_bytes = ready.get(timeout=120)
         urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.images)]
         print(f"{args.images} images of ~{mean_bytes:,} bytes ({args.size}), {args.latency * 1000:.0f} ms latency "
-              f"per request, server in its own process; {os.cpu_count()} CPUs, build workers {args.workers}")
+              f"per request, HTTP/{args.protocol} server in its own process; {os.cpu_count()} CPUs, build workers "
+              f"{args.workers}")
         header = f"{'path':<11} {'conns':>5} {'images':>6} {'seconds':>8} {'images/s':>9} {'ideal':>7} {'ratio':>6}"
         print(header)
         print("-" * len(header))
