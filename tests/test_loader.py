@@ -593,3 +593,67 @@ def test_cuda_falls_back_to_cpu(toy_repo: Path) -> None:
     with pytest.warns(RuntimeWarning, match="no CUDA"):
         loader = hubsets.loader(toy_repo, batch_size=4, image_size=16, device="cuda")
     assert next(iter(loader))["pixel_values"].device.type == "cpu"
+
+
+def test_a_run_of_bad_images_stops_with_one_error_naming_the_shard(tmp_path: Path) -> None:
+    """Scattered bad images are skipped; `max_failures` unusable rows in a row (here a shard whose every
+    image is garbage) end the pass with one line naming the shard and the reason, counted across batches
+    in delivery order, so the same for any number of workers."""
+    good, bad = photo_jpeg(24, 20, 1), b"\xff\xd8\xff" + b"garbage" * 20
+    rows = [record("toy", "laion", i, [bad if 40 <= i < 70 or i % 9 == 0 else good]) for i in range(100)]
+    repo = write_repo(tmp_path, {"data/laion/none/train": rows}, {"default": {"train": ["data/*/*/*.parquet"]}},
+                      row_group_size=100)
+    options = {"batch_size": 8, "image_size": 8, "shuffle": False}
+    assert sum(len(b["id"]) for b in hubsets.loader(repo, **options)) == 100 - 30 - 9  # 0, 9, .. 99 outside
+    for workers in (0, 2):
+        loader = hubsets.loader(repo, num_workers=workers, max_failures=25, **options)
+        with pytest.raises(hubsets.loader.source.DataError) as caught:
+            ids_of(loader)
+        message = str(caught.value)
+        # rows 40..69 fail; the batch of rows 64..71 makes the run 30, and is not delivered
+        assert "30 rows in a row were unusable (max_failures=25)" in message and "\n" not in message
+        assert "data/laion/none/train-00000.parquet row group 0: image_corrupt" in message
+        assert loader.stats["rows"] == 40 - 5  # rows 0..63 but 0, 9, 18, 27, 36 and 40..63
+    with pytest.raises(ValueError, match="max_failures"):
+        hubsets.loader(repo, max_failures=0)
+
+
+def test_load_state_dict_during_an_iteration_raises(ids_repo: Path) -> None:
+    loader = hubsets.loader(ids_repo, columns=["id"], batch_size=32)
+    state = loader.state_dict()
+    iterator = iter(loader)
+    next(iterator)
+    with pytest.raises(RuntimeError, match="in progress"):
+        loader.load_state_dict(state)  # the pass would go on from where it is, ignoring the state
+    with pytest.raises(RuntimeError, match="in progress"):
+        loader.set_epoch(3)
+    del iterator
+    loader.load_state_dict(state)
+    assert len(ids_of(loader)) == IDS_ROWS  # from the state's start, not the abandoned pass's position
+    for _ in loader:
+        break  # a loop left by break closes its iterator
+    loader.load_state_dict(state)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_shard_is_one_error_naming_the_file(tmp_path: Path, workers: int) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [record("toy", "laion", i, [photo_jpeg(24, 20, i % 3)]) for i in range(60)]
+    repo = write_repo(tmp_path, {"data/laion/none/train": rows[:30], "data/wit/none/train": rows[30:]},
+                      {"default": {"train": ["data/*/*/*.parquet"]}}, row_group_size=10)
+    shard = repo / "data/wit/none/train-00000.parquet"
+    data = shard.read_bytes()
+    chunk = pq.read_metadata(shard).row_group(1).column(3)  # row group 1's images; the footer stays intact
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    size = chunk.total_compressed_size
+    shard.write_bytes(data[:start] + bytes(size) + data[start + size:])
+    loader = hubsets.loader(repo, batch_size=8, image_size=8, num_workers=workers)
+    with pytest.raises(hubsets.loader.source.DataError) as caught:
+        ids_of(loader)
+    message = str(caught.value)
+    assert "data/wit/none/train-00000.parquet row group 1" in message and "damaged" in message
+    assert "\n" not in message and "Traceback" not in message
+    shard.write_bytes(data[:len(data) // 2])  # truncated: no footer
+    with pytest.raises(hubsets.loader.source.DataError, match=r"train-00000\.parquet is not a readable parquet"):
+        hubsets.loader(repo)

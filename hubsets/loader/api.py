@@ -34,7 +34,7 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
            pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
            window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
            endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
-           multiprocessing_context: Any = None) -> Loader:
+           multiprocessing_context: Any = None, max_failures: int | None = 100) -> Loader:
     """Stream (`config`, `split`) of `source` as torch batches. `split` None: the config's `train` split,
     or all of its splits when it has none (so a config with one split needs no name for it).
 
@@ -47,20 +47,25 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
 
     `resize`: "crop" (shorter side to image_size, centre crop), "pad" (longer side, centred on
     `pad_value`) or "stretch". Images over `max_pixels`, and undecodable ones, skip their row; see
-    `Loader.stats`. `transform(batch) -> batch` runs in the workers (in the main process after the GPU
+    `Loader.stats`. `max_failures` (default 100, None: never) rows skipped in a row stop the pass with a
+    `DataError` naming the shard and the reason: that is a broken dataset, not a bad image.
+    `transform(batch) -> batch` runs in the workers (in the main process after the GPU
     decode with `device="cuda"`, which decodes JPEGs on the GPU, or on the CPU when there is none).
 
-    The order is a deterministic function of `seed` and the epoch, the same for any number of ranks and
-    workers: row groups are shuffled, then rows within windows of `window_bytes` of row groups (at least
-    one). A worker holds one window per source; a bigger window mixes more and costs memory and time to
-    first batch. `rank`/`world_size` default to torch.distributed's. `drop_last` also gives every rank the
+    The order is a deterministic function of `seed` and the epoch: row groups are shuffled, then rows within
+    windows of `window_bytes` of row groups (at least one). A rank takes a consecutive stretch of it, cut
+    into batches of `batch_size` positions: the same batches, in the same order, for any `num_workers`, and
+    the same sample at each global position for any world size. A skipped row leaves its batch one short.
+    A worker holds one window per source; a bigger window mixes more and costs memory and time to first batch.
+    `rank`/`world_size` default to torch.distributed's. `drop_last` also gives every rank the
     same number of batches, which DDP needs."""
     return build([(source, config, split, 1.0)], image_size=image_size, resize=resize, batch_size=batch_size,
                  num_workers=num_workers, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
                  device=device, columns=columns, transform=transform, max_pixels=max_pixels, drop_last=drop_last,
                  pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                  window_bytes=window_bytes, pad_value=pad_value, revision=revision, endpoint=endpoint,
-                 storage_options=storage_options, multiprocessing_context=multiprocessing_context)
+                 storage_options=storage_options, multiprocessing_context=multiprocessing_context,
+                 max_failures=max_failures)
 
 
 def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
@@ -71,7 +76,7 @@ def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
           pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
           window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
           endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
-          multiprocessing_context: Any = None) -> Loader:
+          multiprocessing_context: Any = None, max_failures: int | None = 100) -> Loader:
     """The loader over one or more weighted (source, config, split) entries; `loader` and `mix` call this."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -92,7 +97,8 @@ def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
     spec = StreamSpec(sources, schedule, wanted, decode, batch_size, seed, shuffle, window_bytes, drop_last,
                       rank, world_size, on_gpu, transform)
     return Loader(spec, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
-                  prefetch_factor=prefetch_factor, device=device, multiprocessing_context=multiprocessing_context)
+                  prefetch_factor=prefetch_factor, device=device, multiprocessing_context=multiprocessing_context,
+                  max_failures=max_failures)
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,9 @@ class Block:
     skipped: Counter[str] = field(default_factory=Counter)
     kept: list[int] | None = None
     """Indices of the rows kept, in the rows given to `build_block` (None: all of them)."""
+    failures: tuple[int, int, int, str] = (0, 0, 0, "")
+    """Runs of skipped rows: (before the first kept row, longest between kept rows, after the last kept row,
+    the last skipped row's shard and reason). With no row kept, all three counts are the block's length."""
 
     def __len__(self) -> int:
         return len(self.columns["id"])
@@ -90,8 +93,21 @@ def build_block(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str], op
         for index, reason in bad.items():
             block.skipped[reason.split(":", 1)[0]] += 1
             warn(f"hubsets.loader: skipping row {values['id'][index]!r}: {reason}")
+        last = max(bad)
+        block.failures = (*failure_runs(len(rows), bad), f"{rows[last][0].where}: {bad[last]}")
         _drop(block, set(bad))
     return block
+
+
+def failure_runs(count: int, bad: Collection[int]) -> tuple[int, int, int]:
+    """(skipped rows before the first kept one, the longest run between kept ones, after the last kept one)
+    among `count` rows of which `bad` are skipped: what the Loader needs to count consecutive failures
+    across batches, in the order they are delivered."""
+    kept = [i for i in range(count) if i not in bad]
+    if not kept:
+        return count, count, count
+    inner = max((b - a - 1 for a, b in zip(kept, kept[1:], strict=False)), default=0)
+    return kept[0], inner, count - 1 - kept[-1]
 
 
 def _python_columns(rows: Sequence[tuple[UnitData, int]], columns: Sequence[str]) -> dict[str, list[Any]]:

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from hubsets.loader import gpu, stream
 from hubsets.loader.plan import Interval, State, batch_count, cut, merge_states, total
 from hubsets.loader.slots import SLOT, SlotBoard
-from hubsets.loader.stream import LISTS, META_KEY, BatchStream, Job, JobBoard, StreamSpec
+from hubsets.loader.source import DataError
+from hubsets.loader.stream import ERROR, LISTS, META_KEY, BatchStream, Job, JobBoard, StreamSpec
 
 
 def _identity(batch: Any) -> Any:
@@ -43,9 +44,17 @@ class Loader:
 
     def __init__(self, spec: StreamSpec, *, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, prefetch_factor: int | None = 2,
-                 device: torch.device | str = "cpu", multiprocessing_context: Any = None) -> None:
+                 device: torch.device | str = "cpu", multiprocessing_context: Any = None,
+                 max_failures: int | None = 100) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if max_failures is not None and max_failures < 1:
+            raise ValueError(f"max_failures must be positive or None, got {max_failures}")
+        self._max_failures = max_failures
+        self._failure_run = 0
+        self._last_failure = ""
+        self._active: int | None = None
+        """The generation of the pass in progress, if any."""
         self._spec = spec
         self._device = torch.device(device)
         self._workers = max(1, num_workers)
@@ -81,9 +90,12 @@ class Loader:
             self._stream.slots = self._new_slots()  # workers start in `iter` below
         slots = self._stream.slots if self._stream is not None else None
         iterator = iter(dataloader)
+        self._active = generation
         try:
             for batch in iterator:
                 meta = batch.pop(META_KEY)
+                if ERROR in meta:
+                    raise DataError(meta[ERROR]) from None
                 for name in meta.get(LISTS, ()):
                     batch[name] = torch.tensor(batch[name], dtype=torch.long)
                 if SLOT in meta and slots is not None:
@@ -99,6 +111,7 @@ class Loader:
                     batch = {k: v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                              for k, v in batch.items()}
                 if generation == self._generation:
+                    self._check_failures(meta)  # before counting: a batch that stops the pass is not delivered
                     self._done = meta["end"]
                     self._count(meta)
                 if meta["rows"]:
@@ -106,6 +119,8 @@ class Loader:
             if generation == self._generation:
                 self._finished = True
         finally:
+            if self._active == generation:
+                self._active = None
             if not persistent:
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
@@ -150,6 +165,23 @@ class Loader:
         """A slot table for a set of workers about to start (each set gets its own: a slot of the last set
         may still be held by the user when the next one starts)."""
         return SlotBoard(self._workers, self._slot_count) if self._reuse_pixels else None
+
+    def _check_failures(self, meta: dict[str, Any]) -> None:
+        """Count skipped rows in a row, across batches in the order delivered (so the same for any number
+        of workers); a run of `max_failures` means a broken shard, not a bad image: stop with one error."""
+        before, inner, after, last = meta["failures"]
+        if meta["rows"]:
+            run, self._failure_run = max(self._failure_run + before, inner), after
+        else:
+            run = self._failure_run = self._failure_run + before
+        if last:
+            self._last_failure = last
+        if self._max_failures is not None and max(run, self._failure_run) >= self._max_failures:
+            count = max(run, self._failure_run)
+            self._failure_run = 0
+            raise DataError(f"hubsets.loader: {count} rows in a row were unusable (max_failures="
+                            f"{self._max_failures}), the last in {self._last_failure}; the data is probably "
+                            "damaged: check or rebuild that shard, or pass max_failures=None to skip on")
 
     def _count(self, meta: dict[str, Any]) -> None:
         self._stats["rows"] += meta["rows"]
@@ -207,6 +239,7 @@ class Loader:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume from a state: a complete one (one rank, merged, or gathered) with any world size and
         worker count, or this rank's own with the same world size."""
+        self._refuse_while_iterating("load_state_dict")
         state = State.from_dict(state_dict)
         spec = self._spec
         if state.fingerprint != spec.fingerprint:
@@ -219,7 +252,16 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning at the next iteration (its order differs from other epochs)."""
+        self._refuse_while_iterating("set_epoch")
         self._set_job(self._full_job(epoch))
+
+    def _refuse_while_iterating(self, method: str) -> None:
+        """A pass in progress has posted its job to the workers and would go on with it, ignoring the new
+        position: the resume would silently not happen."""
+        if self._active is not None:
+            raise RuntimeError(f"hubsets.loader: {method}() while an iteration over the loader is in progress; "
+                               "call it before iterating, or finish or close that iterator first (break out "
+                               "of the loop, or del / .close() the iterator)")
 
     def close(self) -> None:
         """Stop persistent workers now (they also stop when the loader is garbage collected)."""

@@ -22,8 +22,10 @@ from hubsets.loader.source import Source
 class UnitData:
     """One row group in memory, with offsets into its `images` column's bytes (plain or dictionary)."""
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, where: str = "") -> None:
         self.table = table
+        self.where = where
+        """Its file and row group, for messages."""
         if "images" not in table.column_names:
             return
         column = table.column("images")
@@ -136,7 +138,7 @@ class Reader:
             self._ahead = (following, pool.submit(self._read, units))
 
     def _read(self, units: list[int]) -> list[UnitData]:
-        return [UnitData(self.source.read_unit(u, self.columns)) for u in units]
+        return [UnitData(self.source.read_unit(u, self.columns), self.source.where(u)) for u in units]
 
     def close(self) -> None:
         self._units = []

@@ -32,6 +32,11 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
 
 
+class DataError(RuntimeError):
+    """The data cannot be read on: a damaged shard, or a run of unusable rows. One line, naming the file (and
+    row group) and what to do; raised in the training process even when a DataLoader worker found it."""
+
+
 @dataclass(frozen=True, eq=False)
 class Source:
     """One split of one config: files and their row groups, in a canonical (sorted) order."""
@@ -72,11 +77,19 @@ class Source:
         metadata = footer(self.fs, self.files[index], self.stamps[index])
         group = int(self.unit_group[unit])
         options = {"metadata": metadata, "read_dictionary": [IMAGE_BYTES] if "images" in columns else None}
-        if self.fs is None:
-            with pq.ParquetFile(self.files[index], **options) as parquet:
+        try:
+            if self.fs is None:
+                with pq.ParquetFile(self.files[index], **options) as parquet:
+                    return parquet.read_row_group(group, columns=list(columns), use_threads=False)
+            with self.fs.open(self.files[index], "rb") as handle, pq.ParquetFile(handle, **options) as parquet:
                 return parquet.read_row_group(group, columns=list(columns), use_threads=False)
-        with self.fs.open(self.files[index], "rb") as handle, pq.ParquetFile(handle, **options) as parquet:
-            return parquet.read_row_group(group, columns=list(columns), use_threads=False)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise DataError(f"hubsets.loader: {self.where(unit)} of {self.name} cannot be read "
+                            f"({_one_line(exc)}); the file is damaged: download or rebuild it") from None
+
+    def where(self, unit: int) -> str:
+        """A unit as messages name it: its file and row group."""
+        return f"{self.relpaths[int(self.unit_file[unit])]} row group {int(self.unit_group[unit])}"
 
 
 def resolve(source: str | os.PathLike[str], config: str = "default", split: str | None = None, *,
@@ -123,10 +136,20 @@ def resolve(source: str | os.PathLike[str], config: str = "default", split: str 
 def footer(fs: fsspec.AbstractFileSystem | None, path: str, stamp: str) -> pq.FileMetaData:
     """A file's parquet footer; cached per process (`stamp` changes when the file does). Forked DataLoader
     workers inherit the cache, so they read no footer again."""
-    if fs is None:
-        return pq.read_metadata(path)
-    with fs.open(path, "rb") as handle:
-        return pq.read_metadata(handle)
+    try:
+        if fs is None:
+            return pq.read_metadata(path)
+        with fs.open(path, "rb") as handle:
+            return pq.read_metadata(handle)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            raise
+        raise DataError(f"hubsets.loader: {path} is not a readable parquet file ({_one_line(exc)}); it is "
+                        "truncated or damaged: download or rebuild it") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 def _stamp(info: dict[str, Any]) -> str:

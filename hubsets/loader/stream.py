@@ -25,7 +25,7 @@ from hubsets.loader.decode import DecodeOptions
 from hubsets.loader.plan import Interval, Schedule, rank_share, worker_batches
 from hubsets.loader.reader import Reader, UnitData
 from hubsets.loader.slots import PixelRing, SlotBoard
-from hubsets.loader.source import Source
+from hubsets.loader.source import DataError, Source
 
 META_KEY = "_hubsets"
 """Per-batch bookkeeping (worker, progress, counts), popped by the main process before the user sees it."""
@@ -33,6 +33,8 @@ LISTS = "lists"
 """Meta entry: the batch entries a worker sent as lists, made tensors by the main process. A tensor, however
 small, travels in a shared-memory segment of its own, passed as a file descriptor over a socket: ~0.5 ms a
 batch in both processes for `num_images`' 256 bytes."""
+ERROR = "error"
+"""Meta entry: a worker could not read on (a `DataError`'s message); the Loader raises it."""
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 Batches = Generator[dict[str, Any], None, None]
 
@@ -159,8 +161,14 @@ def _produce(spec: StreamSpec, worker: int, workers: int, epoch: int, share: Seq
     try:
         for end, positions in worker_batches(share, workers, worker, spec.batch_size, spec.drop_last):
             deferrer = gpu.Deferrer(spec.decode) if spec.gpu else None
-            block = build_block(_rows(spec, readers, epoch, positions), spec.columns, spec.decode, warn, deferrer,
-                                ring)
+            try:
+                rows = _rows(spec, readers, epoch, positions)
+            except DataError as exc:
+                if get_worker_info() is None:
+                    raise
+                yield {META_KEY: {"worker": worker, ERROR: str(exc)}}  # raised by the Loader: one line, no
+                return  # worker traceback
+            block = build_block(rows, spec.columns, spec.decode, warn, deferrer, ring)
             pending: list[gpu.Pending] = []
             if deferrer is not None:
                 pending = deferrer.take(block.kept if block.kept is not None else list(range(len(positions))))
@@ -176,7 +184,7 @@ def _emit(spec: StreamSpec, worker: int, end: int, block: Block, pending: list[g
           ring: PixelRing | None) -> dict[str, Any]:
     batch = to_batch(block)
     meta = {"worker": worker, "end": end, "rows": len(block), "skipped": dict(block.skipped),
-            "images": sum(block.num_images)}
+            "images": sum(block.num_images), "failures": block.failures}
     if spec.gpu:
         batch[gpu.PENDING_KEY] = pending
     elif spec.transform is not None and len(block):
