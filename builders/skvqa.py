@@ -8,19 +8,25 @@ and says what it found when neither fits. `--column NAME=UPSTREAM` overrides any
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pyarrow as pa
+import numpy as np
 import pyarrow.parquet as pq
 
-from hubsets import sources
-from hubsets.builder import READS, Config, Item, Options, Partition, Reject, Row, RowError, Task
+from hubsets import release, settings, sources
+from hubsets.builder import READS, BuildError, Config, Item, Options, Partition, Reject, Row, RowError, Task
 from hubsets.filters import Filter, contains_tokens, normalize_text
 from hubsets.schema import Record, empty_record
+from hubsets.settings import Setting
 
 NAME = "skvqa"
 DATASET = "skvqa"
@@ -91,21 +97,49 @@ CONFIGS = (
     Config("ir_cap", "rows that pass IR and CAP", lambda p: _sig_has(p, "ir", "cap")),
 )
 
+# --- settings --------------------------------------------------------------------------------------
+
+PROMPT_TEMPLATE = "Context: {context}\n\nQuestion: {question}"
+SETTINGS = (
+    Setting("context_in_prompt", "bool", True, "put the knowledge document in the user turn with the question "
+            "(as the paper fine-tunes); false gives the question alone (the `context` column is kept either way)"),
+    Setting("prompt_template", "str", PROMPT_TEMPLATE, "the user turn's text when context_in_prompt is true; "
+            "`{context}` and `{question}` are replaced"),
+    *settings.FETCH,
+)
+SOURCE_LAYOUT = """\
+A Hub snapshot of `Intel/SK-VQA` (its `README.md` YAML `configs` name the data files, which are then read
+as listed), or any folder of parquet / JSONL / JSON-array files at any depth. Rows are per QA pair
+(`image, context, question, answer`) or per image (`image, context` with a `qa` list or parallel
+`questions`/`answers`). `answer` may be a list of candidates, or the string of one (`"['a', 'b']"`).
+`image` may be an HF image struct, raw bytes, a path relative to the input file, or a URL (fetched with
+`--set fetch_images=true`). Columns `source`/`image_source` (image source) and `context_source` map to
+origins; `question_id` is the QA id. Folders named like an upstream subset (`IR/`, `IR_CAP/`) beside the
+full set are read as subset membership, not as more rows."""
+DOWNLOAD = "hf download Intel/SK-VQA --repo-type dataset --local-dir skvqa-raw"
+
 # --- column mapping --------------------------------------------------------------------------------
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "image": ("image", "img", "image_bytes", "image_path"),
+    "image": ("image", "img", "image_bytes", "image_path", "image_url", "url"),
     "context": ("context", "document", "knowledge"),
     "question": ("question",),
     "answer": ("answer",),
     "qa": ("qa", "qas", "qa_pairs"),
     "questions": ("questions",),
     "answers": ("answers",),
+    "qa_id": ("question_id", "qa_id", "qid"),
     "source": ("source", "image_source", "origin"),
-    "id": ("id", "image_id", "key"),
+    "context_source": ("context_source", "context_type", "text_source"),
+    "id": ("image_id", "id", "key"),
     "split": ("split",),
 }
 SPLITS = ("train", "validation", "test", "dev", "val")
+SUBSETS = ("ir", "ir_cap")
+"""Upstream subset configs/folders that hubsets recomputes as filters (matched to rows, never re-read as data)."""
+_SUBSET_NAMES = {"ir": "ir", "irfiltered": "ir", "filteredir": "ir", "irsubset": "ir",
+                 "ircap": "ir_cap", "irandcap": "ir_cap", "ircapfiltered": "ir_cap", "filteredircap": "ir_cap",
+                 "ircapsubset": "ir_cap"}
 
 _ORIGIN_ALIASES = {
     "laion": "laion", "laion400m": "laion", "laion5b": "laion",
@@ -114,24 +148,67 @@ _ORIGIN_ALIASES = {
     "cococf": "coco_cf", "cococounterfactuals": "coco_cf", "cococounterfactual": "coco_cf",
     "counterfactuals": "coco_cf",
 }
+_CONTEXT_ALIASES = {"gpt4": "gpt4", "gpt": "gpt4", "gpt4v": "gpt4", "generated": "gpt4", "synthetic": "gpt4",
+                    "wiki": "wikipedia", "wikipedia": "wikipedia", "wikipediatext": "wikipedia", "real": "wikipedia"}
+_IMPLIED_PAIR = {"laion": ("laion", "gpt4"), "wit": ("wit", "gpt4"), "wiki": ("wit", "wikipedia"),
+                 "coco_cf": ("coco_cf", "gpt4")}
+"""A single `source` value names an (image source, context source) pair of the paper's table."""
+_HINTS = (("laion", "laion"), ("coco", "coco_cf"), ("counterfactual", "coco_cf"), ("cococf", "coco_cf"),
+          ("wikimedia", "wit"), ("wit", "wit"), ("wikipedia", "wit"))
+"""Image path or URL tokens that name the image source when the release has no source column."""
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def origin_of(source: Any) -> str:
-    """Map an upstream source value to an origin; unknown values are kept lower-cased (path-safe)."""
+    """Map an upstream source value to an origin; unknown values become a bounded path-safe name."""
     if source is None or (isinstance(source, str) and not source.strip()):
         return "unknown"
     text = str(source).strip().lower()
-    key = re.sub(r"[^a-z0-9]", "", text)
-    if key in _ORIGIN_ALIASES:
-        return _ORIGIN_ALIASES[key]
-    return re.sub(r"[^a-z0-9_-]+", "_", text).strip("_") or "unknown"
+    if _key(text) in _ORIGIN_ALIASES:
+        return _ORIGIN_ALIASES[_key(text)]
+    name = re.sub(r"[^a-z0-9_-]+", "_", text).strip("_") or "unknown"
+    if len(name) > 40:  # a value becomes a path segment: keep it short, and distinct by a digest
+        name = f"{name[:23]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return name
+
+
+def image_origin_of(source: Any) -> str:
+    """Origin from an image-source column, where `wikipedia` means WIT images (not Wikipedia contexts)."""
+    origin = origin_of(source)
+    return "wit" if origin == "wiki" else origin
+
+
+def context_source_of(value: Any) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    return _CONTEXT_ALIASES.get(_key(text), origin_of(text))
+
+
+def inferred_origin(reference: str | None) -> str:
+    """The image source named by an image path or URL (`.../laion/...`, `upload.wikimedia.org`), else unknown."""
+    if not reference:
+        return "unknown"
+    tokens = set(re.split(r"[^a-z0-9]+", reference.lower()))
+    for hint, origin in _HINTS:
+        if hint in tokens:
+            return origin
+    return "unknown"
+
+
+def subset_name(name: str) -> str | None:
+    """`ir` / `ir_cap` for an upstream config or folder named like one of those subsets, else None."""
+    return _SUBSET_NAMES.get(_key(name))
 
 
 def _mapping(options: Options) -> dict[str, tuple[str, ...]]:
     mapping = dict(FIELDS)
     for name, upstream in options.columns.items():
         if name not in FIELDS:
-            raise ValueError(f"--column {name}=...: unknown field; known: {', '.join(FIELDS)}")
+            raise BuildError(f"--column {name}=...: unknown field; known: {', '.join(FIELDS)}")
         mapping[name] = (upstream,)
     return mapping
 
@@ -143,27 +220,155 @@ def _pick(row: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, A
     return None, None
 
 
-# --- planning and reading ----------------------------------------------------------------------------
+# --- planning ----------------------------------------------------------------------------------------
+
+SUFFIXES = sources.PARQUET_SUFFIXES + sources.JSONL_SUFFIXES + sources.JSON_SUFFIXES
+MEMBERS = "members"
+"""Task option: subset name -> `.npy` file of the sorted QA keys upstream ships in that subset."""
+
+
+@dataclass
+class Layout:
+    """What `plan` found under `--source`: data files (with their split), subset files, and notes."""
+
+    data: list[tuple[str, str | None]]
+    subsets: dict[str, list[str]]
+    ignored: dict[str, str]
+    notes: list[str]
+    subset_only: str | None = None
+
+
+def layout(options: Options) -> Layout:
+    """Read the upstream README's configs when there is one, else the folder names (see `SOURCE_LAYOUT`)."""
+    files = sources.discover(options.source, SUFFIXES)
+    try:
+        configs = release.read(options.source, files)
+    except release.ReleaseError as exc:
+        raise BuildError(f"{options.source / 'README.md'}: {exc}") from None
+    if configs:
+        return _layout_from_configs(files, configs)
+    subsets: dict[str, list[str]] = {}
+    data: list[tuple[str, str | None]] = []
+    for file in files:
+        named = [s for s in map(subset_name, PurePosixPath(file).parts[:-1]) if s]
+        if named:
+            subsets.setdefault(named[-1], []).append(file)
+        else:
+            data.append((file, None))
+    notes, only = [], None
+    if not data and subsets:  # a subset downloaded alone: build it as given
+        only = "ir_cap" if "ir_cap" in subsets else "ir"
+        data = [(f, None) for f in subsets.pop(only)]
+        notes.append(f"only the upstream `{only}` subset was found, so this build holds that subset as given")
+    ignored = {f: f"in an upstream `{name}` subset folder: read as subset membership, not as rows"
+               for name, group in subsets.items() for f in group}
+    return Layout(data, subsets, ignored, notes, only)
+
+
+def _layout_from_configs(files: list[str], configs: list[release.ReleaseConfig]) -> Layout:
+    full = [c for c in configs if subset_name(c.name) is None]
+    subsets = {subset_name(c.name): c for c in configs if subset_name(c.name) is not None}
+    notes = [f"upstream README.md declares configs {', '.join(c.name for c in configs)}"]
+    only = None
+    if not full:
+        only = "ir_cap" if "ir_cap" in subsets else "ir"
+        full = [subsets.pop(only)]
+        notes.append(f"upstream declares only subset configs, so this build holds `{full[0].name}` as given")
+    data: dict[str, str | None] = {}
+    for config in full:
+        for split, group in sorted(config.splits.items()):
+            for file in group:
+                data.setdefault(file, split)
+    subset_files = {str(name): c.files for name, c in subsets.items()}
+    used = set(data) | {f for group in subset_files.values() for f in group}
+    ignored = {f: "not named by any config in the upstream README.md" for f in files if f not in used}
+    for name, members in subset_files.items():
+        ignored.update({f: f"upstream `{name}` subset: read as membership, not as rows" for f in members
+                        if f not in data})
+    return Layout(sorted(data.items()), subset_files, ignored, notes, only)
+
 
 def plan(options: Options) -> list[Task]:
-    """One task per input file. QA indexes of an image continue across its adjacent rows, also into the next
-    file of a series (same folder, format and split: shards written by row count split images anywhere), so
-    each task after the first of a series also reads the tail of the file before it (`READS`)."""
-    files = sources.discover(options.source, sources.PARQUET_SUFFIXES + sources.JSONL_SUFFIXES
-                             + sources.JSON_SUFFIXES)
+    """One task per data file. Ids are content (see `_qa_key`), so tasks need nothing from each other."""
+    settings.parse(NAME, SETTINGS, options.settings)
+    found = layout(options)
+    members = {name: str(_members_file(options, name, group)) for name, group in sorted(found.subsets.items())}
+    reads = sorted({f for group in found.subsets.values() for f in group})
     tasks = []
-    for before, file in zip([None, *files], files, strict=False):
-        continues = before is not None and _series(before) == _series(file)
-        tasks.append(Task(file, options={READS: [before]} if continues else {}))
+    for file, split in found.data:
+        task_options: dict[str, Any] = {"split": split} if split else {}
+        if members:
+            task_options.update({MEMBERS: members, READS: reads})
+        if found.subset_only:
+            task_options["subset_only"] = found.subset_only
+        tasks.append(Task(file, options=task_options))
     return tasks
 
 
-def _series(file: str) -> tuple[str, str, str]:
-    path = PurePosixPath(file)
-    kind = next(k for k, suffixes in (("parquet", sources.PARQUET_SUFFIXES), ("jsonl", sources.JSONL_SUFFIXES),
-                                      ("json", sources.JSON_SUFFIXES)) if file.lower().endswith(suffixes))
-    return str(path.parent), kind, _split_of(file)
+def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
+    found = layout(options)
+    stats = {f"layout:ignored_file:{why.split(':')[0]}": 0 for why in found.ignored.values()}
+    for why in found.ignored.values():
+        stats[f"layout:ignored_file:{why.split(':')[0]}"] += 1
+    if found.subset_only:
+        stats[f"layout:subset_only:{found.subset_only}"] = 1
+    for name, group in found.subsets.items():
+        stats[f"layout:upstream_subset_files:{name}"] = len(group)
+    return stats
 
+
+def _members_file(options: Options, name: str, files: list[str]) -> Path:
+    """The sorted QA keys of an upstream subset, computed once per input state and cached under `.cache`."""
+    stamp = hashlib.sha256(json.dumps([VERSION, sorted(options.columns.items()), [
+        (f, (options.source / f).stat().st_size, (options.source / f).stat().st_mtime_ns) for f in files]]
+        ).encode()).hexdigest()[:16]
+    folder = (options.out or options.source) / ".cache" / "skvqa"
+    path = folder / f"{name}-{stamp}.npy"
+    if not path.exists():
+        mapping = _mapping(options)
+        try:
+            keys = [_key64(key) for file in files for key in _file_qa_keys(options, file, mapping)]
+        except sources.SourceError as exc:
+            raise BuildError(f"upstream `{name}` subset file {exc}; fix or remove it to build") from None
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}.npy")
+        np.save(tmp, np.unique(np.array(keys, dtype=np.uint64)))
+        os.replace(tmp, path)
+    return path
+
+
+def _file_qa_keys(options: Options, file: str, mapping: dict[str, tuple[str, ...]]) -> Iterator[str]:
+    """QA keys of every readable row of a subset file (images are never read: keys are text only)."""
+    skip = set(mapping["image"])
+    for _, value in _rows(options.source / file, file, skip_columns=skip):
+        if not isinstance(value, dict):
+            continue
+        try:
+            _, context = _pick(value, mapping["context"])
+            context_text = _text(context, "context")[0]
+            for qa_id, question, answer in _qa_pairs(value, mapping) or []:
+                yield _qa_key(qa_id, context_text, _text(question, "question")[0], _answers(answer)[0])
+        except RowError:
+            continue
+
+
+def _key64(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+@lru_cache(maxsize=8)
+def _members(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def _is_member(path: str, key: str) -> bool:
+    keys = _members(path)
+    k = np.uint64(_key64(key))
+    i = int(np.searchsorted(keys, k))
+    return bool(i < len(keys) and keys[i] == k)
+
+
+# --- reading -----------------------------------------------------------------------------------------
 
 def _split_of(file: str) -> str:
     path = PurePosixPath(file)
@@ -174,155 +379,214 @@ def _split_of(file: str) -> str:
     return "train"
 
 
-def _rows(path: Path, file: str, start: int = 0) -> Iterator[tuple[int, Any]]:
-    """Rows of an input file; `start` skips rows cheaply in parquet (other formats yield them all)."""
+def _rows(path: Path, file: str, skip_columns: set[str] | None = None) -> Iterator[tuple[int, Any]]:
     name = file.lower()
     if name.endswith(sources.PARQUET_SUFFIXES):
-        return sources.iter_parquet(path, file, start=start)
+        if skip_columns:
+            names = pq.read_schema(path).names
+            return sources.iter_parquet(path, file, columns=[c for c in names if c not in skip_columns])
+        return sources.iter_parquet(path, file)
     if name.endswith(sources.JSONL_SUFFIXES):
         return sources.iter_jsonl(path, file)
     return sources.iter_json_array(path, file)
 
 
+@dataclass
+class _Reading:
+    """What one task's rows share: the mapping, settings, fetched images and the last image's digest."""
+
+    file: str
+    base: Path
+    split: str
+    mapping: dict[str, tuple[str, ...]]
+    values: dict[str, Any]
+    members: Mapping[str, str]
+    fetched: dict[str, Any] = field(default_factory=dict)
+    last: tuple[Any, bytes, str] | None = None
+    """(image value, bytes, digest) of the previous row: rows of one image share the value object."""
+
+
+CHUNK_ROWS = 256
+"""Rows read ahead per chunk, so a chunk's image URLs download concurrently."""
+
+
 def read(task: Task, options: Options) -> Iterator[Item]:
     mapping = _mapping(options)
+    values = settings.parse(NAME, SETTINGS, options.settings)
     path = options.source / task.file
-    default_split = _split_of(task.file)
-    try:
-        state = _continued(task, options, mapping) if task.options.get(READS) else _ImageState()
-        for row_index, value in _rows(path, task.file):
-            yield from _read_row(task.file, row_index, value, path.parent, mapping, default_split, state, options)
-    except sources.SourceError as exc:
-        yield Reject(task.file, exc.row, None, "unknown", exc.reason, exc.detail)
+    ctx = _Reading(task.file, path.parent, task.options.get("split") or _split_of(task.file), mapping, values,
+                   task.options.get(MEMBERS, {}))
+    fetcher = settings.fetcher(values, options.max_pixels, options.out) if values["fetch_images"] else None
+    chunk: list[tuple[int, Any]] = []
+    for row in _rows(path, task.file):
+        chunk.append(row)
+        if len(chunk) >= CHUNK_ROWS:
+            yield from _read_chunk(chunk, ctx, fetcher)
+            chunk = []
+    yield from _read_chunk(chunk, ctx, fetcher)
 
 
-class _ImageState:
-    """Keeps the QA index running across adjacent rows of the same image, and the last image's bytes."""
-
-    def __init__(self) -> None:
-        self.key: tuple[str, str] | None = None
-        self.next_index = 0
-        self.ref: Any = None
-        self.data: bytes | None = None
-        self.data_hashed: bytes | None = None
-        self.digest = ""
-        """Image key of `data_hashed` when it has no upstream id (hashed once per image, not per QA row)."""
+def _read_chunk(chunk: list[tuple[int, Any]], ctx: _Reading, fetcher: Any) -> Iterator[Item]:
+    if fetcher is not None:
+        urls = [v for _, row in chunk if isinstance(row, dict)
+                for v in [_pick(row, ctx.mapping["image"])[1]] if isinstance(v, str) and _is_url(v)]
+        ctx.fetched = {r.url: r for r in fetcher.map(urls)} if urls else {}
+    for row_index, value in chunk:
+        yield from _read_row(row_index, value, ctx)
 
 
-def _replay(options: Options, file: str, mapping: dict[str, tuple[str, ...]], *, start: int = 0,
-            first_row_only: bool = False) -> tuple[_ImageState, int | None]:
-    """Run the reader over a file (from row `start`, or only its first row) for its QA-index state alone;
-    also returns the row where the last image's run of rows began (None when no row had an image)."""
-    path = options.source / file
-    state, split, run_start = _ImageState(), _split_of(file), None
-    for row_index, value in _rows(path, file, start):
-        key = state.key
-        for _ in _read_row(file, row_index, value, path.parent, mapping, split, state, options):
-            pass
-        if state.key != key:
-            run_start = row_index
-        if first_row_only:
-            break
-    return state, run_start
+def _is_url(value: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*://", value, re.IGNORECASE) is not None
 
 
-def _continued(task: Task, options: Options, mapping: dict[str, tuple[str, ...]]) -> _ImageState:
-    """The state a file starts in: when its first image is the last image of the file before it (an image's
-    QA rows split across two shards), QA indexes continue from there instead of restarting at 0 (which
-    would give the continued rows the ids of the first ones, and make them duplicates)."""
-    state = _ImageState()
-    first, _ = _replay(options, task.file, mapping, first_row_only=True)
-    if first.key is None:
-        return state
-    before = task.options[READS][0]
-    try:
-        start = 0
-        if before.lower().endswith(sources.PARQUET_SUFFIXES):  # the last row group holds the tail
-            metadata = pq.read_metadata(options.source / before)
-            start = metadata.num_rows - metadata.row_group(metadata.num_row_groups - 1).num_rows
-        tail, run_start = _replay(options, before, mapping, start=start)
-        if start and run_start == start:  # the last image's rows may begin before the last row group
-            tail, run_start = _replay(options, before, mapping)
-    except (sources.SourceError, pa.ArrowException, OSError):
-        return state  # an unreadable file before this one is reported by its own task
-    if tail.key == first.key:
-        state.key, state.next_index = tail.key, tail.next_index
-    return state
-
-
-def _text(value: Any, field: str, *, allow_list: bool = False) -> list[str]:
-    """Non-empty strings of a field (a list only where candidates are allowed)."""
+def _text(value: Any, field: str) -> list[str]:
+    """Non-empty strings of a field (a list only for answers)."""
     if value is None:
         raise RowError(f"empty_{field}", f"{field} is null")
-    values = value if allow_list and isinstance(value, list) else [value]
+    values = value if field == "answer" and isinstance(value, list) else [value]
     if not all(isinstance(v, str) for v in values):
         kinds = sorted({type(v).__name__ for v in values})
-        raise RowError("wrong_type", f"{field} must be a string{' or list of strings' if allow_list else ''}, "
-                                      f"got {'/'.join(kinds)}")
+        raise RowError("wrong_type", f"{field} must be a string{' or list of strings' if field == 'answer' else ''}"
+                                      f", got {'/'.join(kinds)}")
     kept = [v for v in values if v.strip()]
     if not kept:
         raise RowError(f"empty_{field}", f"{field} is empty")
     return kept
 
 
-def _image_bytes(value: Any, base: Path) -> bytes:
+MAX_LIST_LITERAL = 64 * 1024
+
+
+def list_literal(value: str) -> list[str] | None:
+    """The strings of a JSON or Python list literal (`"['Everest', 'Mount Everest']"`), else None.
+
+    Literal parsing only (`json.loads`, then `ast.literal_eval`, which evaluates nothing), bounded in size.
+    """
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")) or len(text) > MAX_LIST_LITERAL:
+        return None
+    parsed: Any = None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    if isinstance(parsed, list | tuple) and parsed and all(isinstance(v, str) for v in parsed):
+        return list(parsed)
+    return None
+
+
+def _answers(value: Any) -> tuple[list[str], bool]:
+    """Answer candidates, and whether they arrived as the string of a list."""
+    if isinstance(value, str):
+        parsed = list_literal(value)
+        if parsed is not None:
+            return _text(parsed, "answer"), True
+    return _text(value, "answer"), False
+
+
+def _qa_key(qa_id: Any, context: str, question: str, answers: list[str]) -> str:
+    """The upstream QA id when the release has one, else a digest of the QA's content (order-free ids)."""
+    if qa_id is not None and str(qa_id).strip():
+        text = str(qa_id).strip()
+        return text if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) else hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\x1f".join([context, question, *answers]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _image_bytes(value: Any, base: Path, ctx: _Reading) -> bytes:
     if isinstance(value, dict):
         data = value.get("bytes")
         if data:
-            return _image_bytes(data, base)
+            return _image_bytes(data, base, ctx)
         if value.get("path"):
-            return _image_bytes(value["path"], base)
+            return _image_bytes(value["path"], base, ctx)
         raise RowError("image_missing", "image struct has neither bytes nor path")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
         if not value.strip():
             raise RowError("image_missing", "image path is empty")
-        if re.match(r"^[a-z][a-z0-9+.-]*://", value, re.IGNORECASE):
-            raise RowError("image_is_url", f"image is a URL ({value[:80]}); SK-VQA images must be local")
+        if _is_url(value):
+            result = ctx.fetched.get(value)
+            if result is None:
+                raise RowError("image_not_fetched", f"image is a URL ({value[:200]}); pass --set fetch_images=true "
+                                                    "to download it")
+            if not result.ok:
+                raise RowError(result.reason, f"{value[:200]}: {result.detail}")
+            return bytes(result.data)
         try:
             return sources.read_local_image(base, value)
         except FileNotFoundError:
-            raise RowError("image_missing", f"image file {value!r} not found") from None
+            raise RowError("image_missing", f"image file {value[:200]!r} not found") from None
         except (ValueError, OSError) as exc:
-            raise RowError("image_unreadable", str(exc)) from None
+            raise RowError("image_unreadable", str(exc)[:300]) from None
     if value is None:
         raise RowError("image_missing", "image is null")
-    raise RowError("wrong_type", f"image must be bytes, a path or an {{bytes, path}} struct, got "
+    raise RowError("wrong_type", f"image must be bytes, a path, a URL or an {{bytes, path}} struct, got "
                                   f"{type(value).__name__}")
 
 
-def _qa_pairs(row: Mapping[str, Any], mapping: dict[str, tuple[str, ...]]) -> list[tuple[Any, Any]] | None:
-    """(question, answer) pairs of a row in any accepted shape; None when the row fits no shape."""
+def _qa_pairs(row: Mapping[str, Any], mapping: dict[str, tuple[str, ...]]) -> list[tuple[Any, Any, Any]] | None:
+    """(QA id, question, answer) triples of a row in any accepted shape; None when the row fits no shape."""
     qa_key, qa = _pick(row, mapping["qa"])
     if qa_key is not None:
         if not isinstance(qa, list):
             raise RowError("wrong_type", f"{qa_key} must be a list of {{question, answer}}, got {type(qa).__name__}")
-        pairs = []
+        triples = []
         for i, item in enumerate(qa):
             if not isinstance(item, dict):
                 raise RowError("wrong_type", f"{qa_key}[{i}] must be an object, got {type(item).__name__}")
-            pairs.append((item.get("question"), item.get("answer", item.get("answers"))))
-        return pairs
+            _, qa_id = _pick(item, (*mapping["qa_id"], "id"))
+            triples.append((qa_id, item.get("question"), item.get("answer", item.get("answers"))))
+        return triples
     q_key, questions = _pick(row, mapping["questions"])
     if q_key is not None:
         a_key, answers = _pick(row, mapping["answers"])
+        if isinstance(answers, str) and list_literal(answers) is not None and isinstance(questions, str):
+            questions = list_literal(questions) or questions
         if not isinstance(questions, list) or not isinstance(answers, list):
             raise RowError("wrong_type", f"{q_key} and {a_key or 'answers'} must be parallel lists")
         if len(questions) != len(answers):
             raise RowError("length_mismatch", f"{len(questions)} questions but {len(answers)} answers")
-        return list(zip(questions, answers, strict=True))
+        return [(None, q, a) for q, a in zip(questions, answers, strict=True)]
     question_key, question = _pick(row, mapping["question"])
     if question_key is not None:
+        _, qa_id = _pick(row, mapping["qa_id"])
         answer_key, answer = _pick(row, mapping["answer"])
         if answer_key is None:
             _, answer = _pick(row, mapping["answers"])
-        return [(question, answer)]
+        return [(qa_id, question, answer)]
     return None
 
 
-def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[str, tuple[str, ...]],
-              default_split: str, state: _ImageState, options: Options) -> Iterator[Item]:
+def _provenance(row: Mapping[str, Any], mapping: dict[str, tuple[str, ...]],
+                image_ref: str | None) -> tuple[str, str | None, Any, str]:
+    """(origin, context source, raw source value, how the origin was found)."""
+    _, source = _pick(row, mapping["source"])
+    _, context_source = _pick(row, mapping["context_source"])
+    if context_source is not None:
+        origin = image_origin_of(source) if source is not None else inferred_origin(image_ref)
+        return origin, context_source_of(context_source), source, "column"
+    if source is not None:
+        origin = origin_of(source)
+        return origin, _IMPLIED_PAIR.get(origin, (None, None))[1], source, "column"
+    origin = inferred_origin(image_ref)
+    return origin, None, None, "unknown" if origin == "unknown" else "inferred"
+
+
+def _image_ref(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return value["path"]
+    return None
+
+
+def _read_row(row_index: int, value: Any, ctx: _Reading) -> Iterator[Item]:
+    file, mapping = ctx.file, ctx.mapping
     if isinstance(value, sources.BadRow):
         yield Reject(file, row_index, None, "unknown", value.reason, value.detail)
         return
@@ -330,16 +594,17 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
         yield Reject(file, row_index, None, "unknown", "wrong_type",
                      f"row must be an object, got {type(value).__name__}")
         return
-    _, source = _pick(value, mapping["source"])
-    origin = origin_of(source)
+    image_name, image_value = _pick(value, mapping["image"])
+    image_ref = _image_ref(image_value)
+    origin, context_source, source, origin_from = _provenance(value, mapping, image_ref)
     _, raw_id = _pick(value, mapping["id"])
     upstream_id = None if raw_id is None else str(raw_id)
     try:
         pairs = _qa_pairs(value, mapping)
         if pairs is None:
-            raise RowError("unknown_shape", f"row has columns {sorted(value)}; expected per-QA rows (image, context, "
-                            "question, answer) or per-image rows (image, context, qa | questions+answers); "
-                            "map columns with --column NAME=UPSTREAM")
+            raise RowError("unknown_shape", f"row has columns {sorted(value)[:20]}; expected per-QA rows (image, "
+                           "context, question, answer) or per-image rows (image, context, qa | questions+answers); "
+                           "map columns with --column NAME=UPSTREAM")
     except RowError as exc:
         yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail)
         return
@@ -351,46 +616,56 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
         if context_key is None:
             raise RowError("empty_context", "row has no context column")
         context = _text(context, "context")[0]
-        image_key_name, image_value = _pick(value, mapping["image"])
-        if image_key_name is None:
+        if image_name is None:
             raise RowError("image_missing", "row has no image column")
-        data = state.data if image_value is state.ref and state.data is not None else _image_bytes(image_value, base)
-        state.ref, state.data = image_value, data
+        if ctx.last is not None and ctx.last[0] is image_value:
+            data, digest = ctx.last[1], ctx.last[2]
+        else:
+            data = _image_bytes(image_value, ctx.base, ctx)
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            ctx.last = (image_value, data, digest)
         _, split_value = _pick(value, mapping["split"])
-        split = str(split_value) if split_value else default_split
-        if not re.fullmatch(r"\w+(\.\w+)*", split):
-            raise RowError("bad_split", f"split {split!r} is not a legal split name")
+        split = str(split_value) if split_value else ctx.split
+        if not re.fullmatch(r"\w+(\.\w+)*", split) or len(split) > 64:
+            raise RowError("bad_split", f"split {split[:80]!r} is not a legal split name")
     except RowError as exc:
-        yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail, count=len(pairs))
+        yield Reject(file, row_index, upstream_id, origin, exc.reason, exc.detail[:500], count=len(pairs))
         return
-    if upstream_id is None and data is not state.data_hashed:
-        state.digest, state.data_hashed = hashlib.sha256(data).hexdigest()[:16], data
-    image_key = upstream_id or state.digest
-    if state.key != (origin, image_key):
-        state.key, state.next_index = (origin, image_key), 0
+    image_key = upstream_id if upstream_id and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", upstream_id) else digest
     used = {name for names in mapping.values() for name in names if name in value}
     upstream_extra = {k: sources.to_jsonable(v) for k, v in value.items() if k not in used}
-    image_path = image_value if isinstance(image_value, str) else (
-        image_value.get("path") if isinstance(image_value, dict) else None)
-    for question, answer in pairs:
-        qa_index = state.next_index
-        state.next_index += 1
+    for qa_index, (qa_id, question, answer) in enumerate(pairs):
         try:
             question_text = _text(question, "question")[0]
-            answers = _text(answer, "answer", allow_list=True)
+            answers, from_string = _answers(answer)
         except RowError as exc:
             yield Reject(file, row_index, upstream_id, origin, exc.reason, f"qa[{qa_index}]: {exc.detail}")
             continue
+        qa_key = _qa_key(qa_id, context, question_text, answers)
         meta: dict[str, Any] = {"source_file": file, "source_row": row_index, "qa_index": qa_index,
-                                "upstream_id": upstream_id, "source": None if source is None else str(source),
+                                "qa_key": qa_key, "upstream_id": upstream_id,
+                                "source": None if source is None else str(source)[:200],
+                                "context_source": context_source, "origin_from": origin_from,
                                 "answers": answers, "ir_terms": ir_terms(context)}
+        if qa_id is not None:
+            meta["upstream_qa_id"] = str(qa_id)
+        if from_string:
+            meta["answers_from"] = "list_string"
+        if image_ref and _is_url(image_ref):
+            meta["image_url"] = image_ref
+        if ctx.members:
+            meta["upstream_subsets"] = {name: _is_member(path, qa_key) for name, path in sorted(ctx.members.items())}
         if upstream_extra:
             meta["upstream"] = upstream_extra
+        prompt = (ctx.values["prompt_template"].replace("{context}", context).replace("{question}", question_text)
+                  if ctx.values["context_in_prompt"] else question_text)
+        record_id = f"skvqa/{origin}/{image_key}/{qa_key}" + ("" if split == "train" else f"@{split}")
         record = empty_record(
-            id=f"skvqa/{origin}/{image_key}/{qa_index}", dataset=DATASET, origin=origin,
-            images=[{"bytes": data, "path": str(image_path) if image_path else None}],
+            id=record_id, dataset=DATASET, origin=origin,
+            images=[{"bytes": data, "path": image_ref[:200] if image_ref else None}],
+            image_urls=[image_ref] if image_ref and _is_url(image_ref) else [],
             messages=[
-                {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question_text}]},
+                {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt}]},
                 {"role": "assistant", "content": [{"type": "text", "text": answers[0]}]},
             ],
             context=context, meta=meta,
@@ -401,12 +676,117 @@ def _read_row(file: str, row_index: int, value: Any, base: Path, mapping: dict[s
 # --- card ----------------------------------------------------------------------------------------------
 
 def record_stats(record: Record) -> dict[str, int]:
-    """Per-term IR counts, so users can rebuild with another word list."""
-    return {f"ir_term:{term}": 1 for term in record["meta"]["ir_terms"]}
+    """Per-term IR counts (users can rebuild with another word list), list-string answers, retention per
+    (image source, context source) pair, and how hubsets' filters agree with upstream subset membership."""
+    meta = record["meta"]
+    stats = {f"ir_term:{term}": 1 for term in meta["ir_terms"]}
+    ir = _passes_ir(record)
+    ir_cap = ir and _passes_cap(record)
+    if meta.get("answers_from") == "list_string":
+        stats["answers_from_list_string"] = 1
+    if meta.get("origin_from") == "inferred":
+        stats["origin_inferred"] = 1
+    image_source = _IMPLIED_PAIR.get(record["origin"], (record["origin"], None))[0]
+    pair = f"pair:{image_source}/{meta.get('context_source') or 'unknown'}"
+    stats.update({f"{pair}:read": 1, f"{pair}:ir": int(ir), f"{pair}:ir_cap": int(ir_cap)})
+    ours = {"ir": ir, "ir_cap": ir_cap}
+    for name, member in meta.get("upstream_subsets", {}).items():
+        stats[f"agree:{name}:{'pass' if ours[name] else 'fail'}:{'in' if member else 'out'}"] = 1
+    return stats
+
+
+PAIR_RETENTION = {("laion", "gpt4"): (0.64, 0.40), ("wit", "gpt4"): (0.83, 0.50)}
+"""The paper's IR and IR+CAP retention per (image source, context source); the other pairs are not stated."""
+PAIR_COUNTS = {("laion", "gpt4"): 908_116, ("wit", "gpt4"): 702_332, ("wit", "wikipedia"): 181_554,
+               ("coco_cf", "gpt4"): 214_487}
 
 
 def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     stats = manifest["stats"]
     lines = ["| word | rows whose context contains it |", "|---|---:|"]
     lines += [f"| `{w}` | {stats.get(f'ir_term:{w}', 0):,} |" for w in IR_WORDS]
-    return {"ir_terms_table": "\n".join(lines)}
+    return {"ir_terms_table": "\n".join(lines), "pairs_table": _pairs_table(stats),
+            "input_notes": _input_notes(manifest), "prompt_note": _prompt_note(manifest),
+            "agreement": _agreement(stats)}
+
+
+def _pairs_table(stats: Mapping[str, int]) -> str:
+    pairs = sorted({tuple(k.split(":")[1].split("/")) for k in stats if k.startswith("pair:")})
+    if not pairs:
+        return "No rows were written."
+    lines = ["| image source | context source | rows | IR (ours) | IR (paper) | IR+CAP (ours) | IR+CAP (paper) | "
+             "QA pairs in the paper |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for image, context in pairs:
+        key = f"pair:{image}/{context}"
+        read = stats.get(f"{key}:read", 0)
+        paper = PAIR_RETENTION.get((image, context))
+        cells = [f"{stats.get(f'{key}:{s}', 0):,} ({100 * stats.get(f'{key}:{s}', 0) / read:.1f}%)" if read else "–"
+                 for s in SUBSETS]
+        ref = [f"{100 * p:.0f}%" for p in paper] if paper else ["–", "–"]
+        count = PAIR_COUNTS.get((image, context))
+        lines.append(f"| `{image}` | `{context}` | {read:,} | {cells[0]} | {ref[0]} | {cells[1]} | {ref[1]} | "
+                     f"{f'{count:,}' if count else '–'} |")
+    return "\n".join(lines)
+
+
+def _agreement(stats: Mapping[str, int]) -> str:
+    names = [n for n in SUBSETS if any(k.startswith(f"agree:{n}:") for k in stats)]
+    if not names:
+        return "The input held no upstream subset, so there is nothing to compare with."
+    out = ["Upstream ships filtered subsets too. Each is matched to the rows of the full set by QA key (never read "
+           "as more rows); hubsets' own filter and upstream's membership agree as follows:", ""]
+    for name in names:
+        g = {(p, m): stats.get(f"agree:{name}:{p}:{m}", 0) for p in ("pass", "fail") for m in ("in", "out")}
+        total = sum(g.values())
+        same = g[("pass", "in")] + g[("fail", "out")]
+        out += [f"**`{name}`** ({same:,} of {total:,} rows agree, {100 * same / total:.1f}%)" if total else
+                f"**`{name}`**", "",
+                f"| hubsets `{name}` | in upstream `{name}` | not in upstream `{name}` |", "|---|---:|---:|",
+                f"| passes | {g[('pass', 'in')]:,} | {g[('pass', 'out')]:,} |",
+                f"| fails | {g[('fail', 'in')]:,} | {g[('fail', 'out')]:,} |", ""]
+    return "\n".join(out).rstrip()
+
+
+def _input_notes(manifest: Mapping[str, Any]) -> str:
+    stats, origins = manifest["stats"], manifest["origins"]
+    notes = []
+    only = [k.split(":")[-1] for k in stats if k.startswith("layout:subset_only:")]
+    if only:
+        notes.append(f"- The input held only the upstream `{only[0]}` subset, so this dataset is that subset as "
+                     "given (its `default` config is upstream's subset, not the full set).")
+    for key, n in sorted(stats.items()):
+        if key.startswith("layout:ignored_file:") and n:
+            notes.append(f"- Input files not read as rows, {key.split(':', 2)[2]}: {n:,}.")
+    if stats.get("answers_from_list_string"):
+        notes.append(f"- Answer candidates stored as the string of a list (e.g. `\"['Mount Everest', 'Everest']\"`): "
+                     f"{stats['answers_from_list_string']:,} rows, parsed as a literal (never evaluated) into the "
+                     "candidate list.")
+    unknown = origins.get("unknown", {}).get("read", 0)
+    if unknown:
+        notes.append(f"- Origin `unknown` (no source column, and neither the image path nor its URL names the "
+                     f"image source): {unknown:,} rows.")
+    if stats.get("origin_inferred"):
+        notes.append(f"- Origin inferred from the image path or URL host (no source column): "
+                     f"{stats['origin_inferred']:,} rows.")
+    duplicates = manifest["rejects"]["by_reason"].get("duplicate_id", 0)
+    if duplicates:
+        notes.append(f"- Repeats of a QA pair already written (same image, context, question and answers, or the "
+                     f"same upstream QA id): {duplicates:,} rows, each kept once and listed in the rejects as "
+                     "`duplicate_id`.")
+    overlap = stats.get("split_overlap", 0)
+    if overlap:
+        notes.append(f"- QA pairs in `train` and in another split: {overlap:,}, kept in both (ids outside `train` "
+                     "end in `@<split>`).")
+    return "\n".join(notes) if notes else "Nothing unusual was found in the input."
+
+
+def _prompt_note(manifest: Mapping[str, Any]) -> str:
+    values = settings.parse(NAME, SETTINGS, manifest["options"]["settings"])
+    if not values["context_in_prompt"]:
+        return ("The user turn holds the image and the question alone (built with `--set context_in_prompt=false`); "
+                "the knowledge document is only in `context`.")
+    template = values["prompt_template"].replace("\n", "\\n")
+    return ("The user turn holds the image, then the knowledge document with the question, as the paper "
+            f"fine-tunes, in this template: `{template}` (`{{context}}` and `{{question}}` replaced). The "
+            "`context` column holds the document alone; build with `--set context_in_prompt=false` for the "
+            "question alone.")

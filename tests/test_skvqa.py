@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -29,8 +30,15 @@ def expected_ids(images: int, qa_per_image: int, config: str) -> set[str]:
         keep = {"default": True, "ir": ir, "ir_cap": ir and cap}[config]
         if keep:
             origin = origin_of(samples.SOURCES[i % len(samples.SOURCES)])
-            ids |= {f"skvqa/{origin}/img{i:06d}/{k}" for k in range(qa_per_image)}
+            context, answers = samples.SKVQA_CASES[i % len(samples.SKVQA_CASES)][:2]
+            ids |= {f"skvqa/{origin}/img{i:06d}/{qa_digest(context, f'What does context {i} say ({k})?', answers)}"
+                    for k in range(qa_per_image)}
     return ids
+
+
+def qa_digest(context: str, question: str, answers: list[str]) -> str:
+    """The documented QA key when upstream has no QA id: sha256 of context, question, answers joined by 0x1f."""
+    return hashlib.sha256("\x1f".join([context, question, *answers]).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("config", ["default", "ir", "ir_cap"])
@@ -147,9 +155,11 @@ def test_bad_rows_become_rejects_with_reasons(tmp_path):
     assert all(r["file"] == "part.jsonl" and r["row"] is not None for r in rejects)
     shape = next(r for r in rejects if r["reason"] == "unknown_shape")
     assert "picture" in shape["detail"] and "--column" in shape["detail"]
-    # the second "ok" row continues the QA index of the first (same image, adjacent rows)
+    # ids are content: the two "ok" rows ask different questions of one image, so both are kept
     ds = load_dataset(str(out), "default", split="train")
-    assert sorted(ds["id"]) == ["skvqa/coco_cf/multi/0", "skvqa/laion/ok/0"]
+    assert sorted(ds["id"]) == sorted([f"skvqa/coco_cf/multi/{qa_digest(ctx, 'q1', ['a'])}",
+                                       f"skvqa/laion/ok/{qa_digest(ctx, 'When?', ['753 BC'])}",
+                                       f"skvqa/laion/ok/{qa_digest(ctx, 'Again?', ['a'])}"])
     totals = manifest["origins"]
     assert sum(c["read"] for c in totals.values()) == sum(c["written"] + c["rejected"] for c in totals.values())
     assert manifest["rejects"]["rows"] == len(rejects)
@@ -178,7 +188,7 @@ def test_unreadable_file_fails_the_build_unless_allowed(tmp_path):
         build("skvqa", Options(source=src), tmp_path / "out", progress=False)
     assert any("unreadable" in e for e in validate_folder(tmp_path / "out"))
     manifest = build("skvqa", Options(source=src), tmp_path / "out2", progress=False, allow_bad_files=True)
-    assert manifest["rejects"]["bad_files"] == ["data/broken.parquet"]
+    assert [b["file"] for b in manifest["rejects"]["bad_files"]] == ["data/broken.parquet"]
     assert validate_folder(tmp_path / "out2") == []
 
 
@@ -192,7 +202,7 @@ def test_column_overrides_and_unmapped_columns_go_to_meta(tmp_path):
     build("skvqa", Options(source=src, columns={"id": "uid", "image": "pic", "context": "doc", "question": "q",
                                                 "answer": "a", "source": "kind"}), out, progress=False)
     ds = load_dataset(str(out), "ir_cap", split="test")
-    assert ds["id"] == ["skvqa/wiki/x1/0"]
+    assert ds["id"] == [f"skvqa/wiki/x1/{qa_digest('Paris is in France.', 'Where?', ['France', 'FR'])}@test"]
     meta = ds[0]["meta"]
     assert meta["answers"] == ["France", "FR"] and meta["upstream"] == {"score": None}
     assert ds[0]["messages"][1]["content"][0]["text"] == "France"
@@ -220,40 +230,40 @@ def test_parallel_build_is_byte_identical(skvqa_parquet_source, skvqa_built, tmp
 
 @pytest.mark.parametrize("with_ids", [True, False])
 @pytest.mark.parametrize("layout", ["parquet", "jsonl"])
-def test_image_rows_split_across_shards_keep_counting(tmp_path, with_ids, layout):
-    """Shards written by row count cut an image's QA rows anywhere: the rows continuing into the next shard keep
-    their QA indexes (no restart at 0, which would make them duplicates of the first rows)."""
+def test_ids_do_not_depend_on_how_rows_are_sharded(tmp_path, with_ids, layout):
+    """Shards written by row count cut an image's QA rows anywhere, and exports shuffle them: every QA pair keeps
+    one id (content, not position), so none is lost as a duplicate of another."""
     pictures = samples.sample_images(3)
     rows = [{"image": {"bytes": pictures[i], "path": None}, "context": f"Knowledge about subject {i}.",
              "question": f"Question {k} about subject {i}?", "answer": f"subject {i}", "source": "LAION",
              **({"id": f"pic{i}"} if with_ids else {})}
             for i, count in enumerate((3, 7, 2)) for k in range(count)]
-    cuts = [(0, 5), (5, 12)]  # picture 1's seven rows: two in the first shard (rows 3-4), five in the second
-    source = tmp_path / "src"
-    (source / "data").mkdir(parents=True)
-    for n, (lo, hi) in enumerate(cuts):
-        name = source / "data" / f"train-{n:05d}-of-00002.{layout}"
-        if layout == "parquet":  # row groups of 2: picture 1's tail in shard 0 spans whole row groups
-            pq.write_table(pa.Table.from_pylist(rows[lo:hi]), name, row_group_size=2)
-        else:
-            images = source / "data" / "images"
-            images.mkdir(exist_ok=True)
-            for i, data in enumerate(pictures):
-                (images / f"{i}.jpg").write_bytes(data)
-            with open(name, "w") as f:
-                for row in rows[lo:hi]:
-                    index = pictures.index(row["image"]["bytes"])
-                    f.write(json.dumps({**row, "image": f"images/{index}.jpg"}) + "\n")
-    out = tmp_path / "out"
-    manifest = build("skvqa", Options(source=source), out, progress=False)
-    assert manifest["rejects"]["rows"] == 0
-    ids = [i for f in sorted(manifest["files"]) for i in pq.read_table(out / f, columns=["id"])["id"].to_pylist()]
-    indexes: dict[str, list[int]] = {}
-    for record_id in ids:
-        _, _, key, index = record_id.split("/")
-        indexes.setdefault(key, []).append(int(index))
-    assert sorted(map(sorted, indexes.values()), key=len) == [[0, 1], [0, 1, 2], list(range(7))]
-    assert validate_folder(out) == []
+    results = []
+    for name, order, cuts in (("a", rows, [(0, 5), (5, 12)]), ("b", rows[::-1], [(0, 1), (1, 6), (6, 12)]),
+                              ("c", rows[1::2] + rows[::2], [(0, 12)])):
+        source = tmp_path / name / "src"
+        (source / "data").mkdir(parents=True)
+        for n, (lo, hi) in enumerate(cuts):
+            path = source / "data" / f"train-{n:05d}-of-{len(cuts):05d}.{layout}"
+            if layout == "parquet":
+                pq.write_table(pa.Table.from_pylist(order[lo:hi]), path, row_group_size=2)
+            else:
+                images = source / "data" / "images"
+                images.mkdir(exist_ok=True)
+                for i, data in enumerate(pictures):
+                    (images / f"{i}.jpg").write_bytes(data)
+                with open(path, "w") as f:
+                    for row in order[lo:hi]:
+                        f.write(json.dumps({**row, "image": f"images/{pictures.index(row['image']['bytes'])}.jpg"})
+                                + "\n")
+        out = tmp_path / name / "out"
+        manifest = build("skvqa", Options(source=source), out, progress=False)
+        assert manifest["rejects"]["rows"] == 0
+        ids = [i for f in sorted(manifest["files"]) for i in pq.read_table(out / f, columns=["id"])["id"].to_pylist()]
+        assert len(ids) == len(set(ids)) == 12
+        results.append(set(ids))
+        assert validate_folder(out) == []
+    assert results[0] == results[1] == results[2]
 
 
 def test_a_build_never_imports_datasets_or_pandas(skvqa_parquet_source, tmp_path):
