@@ -455,16 +455,14 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     s = settings(options.settings, options.max_pixels, options.out)
     fields = _fields(options)
     set_name: str = task.options["set"]
-    if task.options.get("error"):
+    if task.options.get("error"):  # found unusable by plan: none of its rows is read (hubsets.builder)
         reason, detail = task.options["error"]
-        yield Reject(task.file, None, None, SET_ORIGIN[set_name], reason, f"{task.file}: {detail}",
-                     count=max(1, int(task.options.get("file_rows", 1))))
-        return
+        raise sources.SourceError(task.file, 0, reason, detail, byte=0)
     status = np.load(Path(task.options["index"]) / "status" / f"{task.options['file_number']:05d}.npy",
                      mmap_mode="r")
     start, stop = task.options["start"], task.options["stop"]
     items: list[_Candidate | Reject] = []
-    failure: Reject | None = None
+    failure: sources.SourceError | None = None
     try:
         for row, value in sources.iter_parquet(options.source / task.file, task.file, batch_rows=1024,
                                                row_groups=[task.options["row_group"]], start=start, stop=stop):
@@ -476,11 +474,8 @@ def read(task: Task, options: Options) -> Iterator[Item]:
                                                                   s.caption_prompt)
             else:
                 items.append(item)
-    except sources.SourceError as exc:
-        # the rest of this slice cannot be read: one reject stands for all of its rows
-        failed_from = exc.row if exc.row is not None else start
-        failure = Reject(task.file, exc.row, None, SET_ORIGIN[set_name], exc.reason, exc.detail,
-                         count=max(1, stop - failed_from))
+    except sources.SourceError as exc:  # raised once the rows read before it are out (hubsets.builder)
+        failure = exc
     candidates = [c for c in items if isinstance(c, _Candidate)]
     results: Iterator[fetch.FetchResult | None] = iter([None] * len(candidates))
     if s.fetch_images and candidates:
@@ -497,7 +492,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
             yield Reject(task.file, item.row, item.url, item.origin, str(result.reason),
                          f"{item.url[:300]}: {result.detail}")
     if failure is not None:
-        yield failure
+        raise failure
 
 
 def _candidate(file: str, set_name: str, row: int, value: dict[str, Any], fields: Mapping[str, str],

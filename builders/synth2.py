@@ -541,15 +541,8 @@ def _source_file(source: Path) -> str:
 
 
 def _jsonl_rows(path: Path, offset: int = 0, first_row: int = 0, rows: int | None = None) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        row = first_row
-        while rows is None or row - first_row < rows:
-            line = f.readline()
-            if not line:
-                return
-            yield row, sources.parse_json_line(line)
-            row += 1
+    """Lines `first_row ..` from byte `offset` (blank lines skipped and counted, a BOM skipped: `sources`)."""
+    return sources.iter_jsonl(path, path.name, offset=offset, first_row=first_row, rows=rows)
 
 
 def _all_rows(source: Path, name: str) -> Iterator[tuple[int, Any]]:

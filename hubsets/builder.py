@@ -3,6 +3,14 @@
 A builder knows one upstream release format and nothing about parquet, cards or the Hub: it plans
 independent tasks over the source (so builds parallelise and resume per task) and, per task, yields
 `Row`s in the unified schema or `Reject`s with a reason. Everything else is `hubsets.build`'s job.
+
+Unreadable files: a row that cannot be used is a `Reject` (one per row: `hubsets.sources` readers hand a
+`BadRow` in its place). A *file* that cannot be read from some point on (truncated, broken structure, not
+parquet, a schema the builder cannot map) is not rows: `read()` lets `sources.SourceError` propagate (or
+raises one, with the first row not read and the byte offset where it stopped), after yielding the rows
+before the break. It never yields a `Reject` standing for rows it did not read. The stage keeps what was
+yielded and records the file; the build lists it in the manifest (`rejects.bad_files`) and the card, and
+fails unless `--allow-bad-files`.
 """
 
 from __future__ import annotations
@@ -65,7 +73,8 @@ class Row:
 
 @dataclass(frozen=True)
 class Reject:
-    """An input row (or file) that cannot be published, with a short machine reason + detail."""
+    """An input row that cannot be published, with a short machine reason + detail (an unreadable file is not a
+    reject: see the module docstring)."""
 
     file: str
     row: int | None
@@ -92,15 +101,15 @@ class RowError(Exception):
 def json_array_tasks(source: Path, file: str, rows_per_task: int) -> list[Task]:
     """Tasks over byte-range slices of one large JSON array, so one file does not serialize a build.
 
-    A file that cannot be sliced becomes one task carrying the error, which the reader reports as a
-    file-level reject.
+    Slicing stops where the file does: the last slice reads on until the reader raises the file's
+    `SourceError`; a file that cannot even be opened is one task, whose reader raises it.
     """
     from hubsets import sources
 
     try:
         slices = sources.json_array_slices(source / file, file, rows_per_task)
-    except sources.SourceError as exc:
-        return [Task(file, options={"error": [exc.reason, exc.detail]})]
+    except sources.SourceError:
+        return [Task(file)]
     return [Task(file, part=k, parts=len(slices), options={"offset": s.offset, "first_row": s.first_row,
                                                            "rows": s.rows})
             for k, s in enumerate(slices)]
@@ -159,4 +168,6 @@ class Builder(Protocol):
 
     def plan(self, options: Options) -> list[Task]: ...
 
-    def read(self, task: Task, options: Options) -> Iterator[Item]: ...
+    def read(self, task: Task, options: Options) -> Iterator[Item]:
+        """Rows and rejects of one task; `sources.SourceError` propagates for a file that stops being readable."""
+        ...

@@ -100,13 +100,29 @@ def accounting_table(manifest: Mapping[str, Any]) -> str:
 
 def rejects_table(manifest: Mapping[str, Any]) -> str:
     by_origin = manifest["rejects"]["by_origin"]
-    if not by_origin:
-        return "No rows were rejected."
-    lines = ["| origin | reason | rows |", "|---|---|---:|"]
+    lines = ["No rows were rejected."] if not by_origin else ["| origin | reason | rows |", "|---|---|---:|"]
     for origin, reasons in by_origin.items():
         for reason, n in reasons.items():
             lines.append(f"| `{origin}` | `{reason}` | {n:,} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + input_notes(manifest)
+
+
+def input_notes(manifest: Mapping[str, Any]) -> str:
+    """Input that is not rows: files unreadable from some point on (the rows before it are counted above; the
+    rest is not rows, so no count of it exists), and blank JSONL lines skipped."""
+    from hubsets.sources import unreadable
+
+    parts = []
+    bad = manifest["rejects"].get("bad_files", [])
+    if bad:
+        items = "\n".join(f"- `{b['file']}`: {unreadable(b).removeprefix(b['file'] + ' is ')}".replace("\n", " ")
+                          for b in bad)
+        parts.append(f"Unreadable input files ({len(bad)}; built with `--allow-bad-files`: the rest of each file is "
+                     f"not in this dataset, and not counted as rows):\n\n{items}")
+    blank = manifest.get("stats", {}).get("blank_lines", 0)
+    if blank:
+        parts.append(f"{blank:,} blank line{'s' if blank != 1 else ''} in JSONL input were skipped (not rows).")
+    return "".join(f"\n\n{part}" for part in parts)
 
 
 def filters_section(manifest: Mapping[str, Any]) -> str:

@@ -483,8 +483,8 @@ def sample_images(count: int, *, seed: int = 0, size: tuple[int, int] = (96, 72)
 
 class UpstreamSample:
     """A generated upstream release: where it is, the `--set` settings to build it, every record written
-    (per file, in order), the expected reject reason of each bad row (`(file, row)`; row None for a file
-    that cannot be read), and the image bytes of each upstream `image` value that should be published."""
+    (per file, in order), the expected reject reason of each bad row (`(file, row)`), the files that stop
+    parsing (`bad_files`), and the image bytes of each upstream `image` value that should be published."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -496,6 +496,8 @@ class UpstreamSample:
         """Files in the layout the builder must not read (stray copies, `others/`, unknown files)."""
         self.survivors: dict[str, int] = {}
         """Files cut off mid-array: how many leading records still parse."""
+        self.bad_files: dict[str, str] = {}
+        """Files that stop parsing (cut off): the reason the manifest's `rejects.bad_files` gives."""
 
     def add(self, file: str, value: Any, reason: str | None = None) -> int:
         rows = self.records.setdefault(file, [])
@@ -554,7 +556,7 @@ def make_allava(root: Path, *, laion_images: str = "zips", vflan_images: str = "
     plus a path-traversal member, a symlink and a zip bomb) or `folder` (extracted `allava_laion/images/`).
     `vflan_images`: `zip` (the Vision-Flan `image_191-task_1k.zip` outside the repo, passed with
     `--set vflan_images=`) or `folder` (extracted into the default `allava_vflan/images/`).
-    `malformed`: the Instruct-VFLAN file is cut off mid-record (a file-level `bad_json` reject).
+    `malformed`: the Instruct-VFLAN file is cut off mid-record (a bad file: `bad_json` after its last whole row).
     Stray LAION copies in `allava_vflan/` and files in `others/` are written and must be ignored.
     """
     import zipfile
@@ -692,7 +694,7 @@ def make_allava(root: Path, *, laion_images: str = "zips", vflan_images: str = "
     s.write_json(vcap)
     if malformed:
         s.write_json(vinst, truncate_at=len(json.dumps(s.records[vinst], ensure_ascii=False, indent=4)) - 40)
-        s.rejects[(vinst, None)] = "bad_json"
+        s.bad_files[vinst] = "bad_json"
     else:
         s.write_json(vinst)
     if vflan_images == "zip":
@@ -811,7 +813,7 @@ def make_stablellava(root: Path, *, images: bool = True, rows_per_category: int 
         file = f"{category}.json"
         if malformed and category == "vehicle":
             s.write_json(file, truncate_at=len(json.dumps(s.records[file], ensure_ascii=False, indent=4)) // 2)
-            s.rejects[(file, None)] = "bad_json"
+            s.bad_files[file] = "bad_json"
         else:
             s.write_json(file)
     (s.root / "all.json").write_text(json.dumps([record("animal", "0", 0)]), encoding="utf-8")

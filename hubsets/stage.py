@@ -11,15 +11,19 @@ Each distinct image is staged once (`images.arrow`) and rows refer to it by inde
 layouts such as SK-VQA repeat an image on every QA row, and copying those bytes at every step would cost
 more than checking the image. The merge hands the writer a dictionary of the images each batch uses, so
 the bytes are never repeated per row.
+A reader's `sources.SourceError` (a file unreadable from some point on) does not fail the task: the rows
+yielded before it are kept, and the file is recorded in the task's stats (`bad_files`), not counted as rows.
 Staged files are uncompressed Arrow IPC: writing them is a copy, and the merge memory-maps them, so
 staging costs little next to the image check that dominates a task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -31,7 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hubsets import images, pylist, registry, schema
+from hubsets import images, pylist, registry, schema, sources
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
 from hubsets.writer import release_unused
@@ -49,8 +53,10 @@ IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
 BATCH_BYTES = 32 * 1024 * 1024
 RECENT_IMAGES = 64
 """Images a task remembers by identity: enough for adjacent rows, and the memory of 64 images, not of a task's."""
-FORMAT = 3
+FORMAT = 4
 """Version of the staged layout; part of every task key, so a hubsets upgrade never reuses old stages."""
+SPLIT = re.compile(r"[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64})*")
+"""A split name: the Hub's rule (`\\w+(\\.\\w+)*`) in ASCII, as it names files (`<split>-NNNNN.parquet`)."""
 
 
 @dataclass
@@ -62,13 +68,17 @@ class TaskStats:
     rejected: Counter[str] = field(default_factory=Counter)
     extra: Counter[str] = field(default_factory=Counter)
     """Builder-specific counters (`record_stats` / `reject_stats` hooks), not keyed by origin."""
+    bad_files: list[dict[str, Any]] = field(default_factory=list)
+    """Input files the task could not read to the end (`sources.SourceError.bad_file`)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: dict(sorted(getattr(self, f.name).items())) for f in fields(self)}
+        return {f.name: getattr(self, f.name) if f.name == "bad_files" else dict(sorted(getattr(self, f.name).items()))
+                for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskStats:
-        return cls(**{k: Counter(v) for k, v in data.items()})
+        counters = {k: Counter(v) for k, v in data.items() if k != "bad_files"}
+        return cls(**counters, bad_files=list(data.get("bad_files", [])))
 
 
 def task_key(builder: Builder, task: Task, options: Options) -> str:
@@ -170,6 +180,12 @@ def _accept(builder: Builder, item: Row, check: _ImageChecker) -> tuple[Partitio
     record = item.record
     upstream_id = record["meta"].get("upstream_id") if isinstance(record.get("meta"), dict) else None
     origin = str(record.get("origin") or "unknown")
+    if not sources.is_segment(origin):  # it names a folder: never a raw upstream value
+        origin = sources.path_segment(origin)
+        record = {**record, "origin": origin}
+    if not SPLIT.fullmatch(item.split):
+        return Reject(item.file, item.row, upstream_id, origin, "bad_split",
+                      f"split {item.split[:80]!r} is not a split name (ASCII letters, digits, _ and .)")
     problem = schema.validate(record)
     if problem is not None:
         return Reject(item.file, item.row, upstream_id, origin, "schema", problem.removeprefix("schema: "))
@@ -279,34 +295,42 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats
         rows.clear()
 
     try:
-        with open(tmp / REJECTS, "w", encoding="utf-8") as rejects:
-            for item in builder.read(task, options):
-                result = _accept(builder, item, check) if isinstance(item, Row) else item
-                if isinstance(result, Reject):
-                    stats.read[result.origin] += result.count
-                    stats.rejected[result.origin] += result.count
-                    if reject_stats is not None:
-                        stats.extra.update(reject_stats(result))
-                    rejects.write(reject_line(result))
-                    continue
-                partition, record = result
-                stats.read[partition.origin] += 1
-                stats.accepted[partition.origin] += 1
-                if record_stats is not None:
-                    stats.extra.update(record_stats(record))
-                row = dict(record)
-                row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
-                staged_bytes = images.staged_bytes
-                row[IMAGE_REFS] = images.refs(record["images"])
-                row["_split"], row["_origin"] = partition.split, partition.origin
-                row["_signature"] = partition.signature
-                rows.append(row)
-                pending += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
-                pending += images.staged_bytes - staged_bytes
-                if record["image_embedding"] is not None:
-                    pending += len(record["image_embedding"]["data"])
-                if pending >= BATCH_BYTES or len(rows) >= 4096:
-                    flush()
+        with open(tmp / REJECTS, "w", encoding="utf-8") as rejects, sources.noting() as notes:
+            try:
+                for item in builder.read(task, options):
+                    result = _accept(builder, item, check) if isinstance(item, Row) else item
+                    if isinstance(result, Reject):
+                        if not sources.is_segment(result.origin):  # the same origin as its accepted rows'
+                            result = dataclasses.replace(result, origin=sources.path_segment(result.origin))
+                        stats.read[result.origin] += result.count
+                        stats.rejected[result.origin] += result.count
+                        if reject_stats is not None:
+                            stats.extra.update(reject_stats(result))
+                        rejects.write(reject_line(result))
+                        continue
+                    partition, record = result
+                    stats.read[partition.origin] += 1
+                    stats.accepted[partition.origin] += 1
+                    if record_stats is not None:
+                        stats.extra.update(record_stats(record))
+                    row = dict(record)
+                    row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
+                    staged_bytes = images.staged_bytes
+                    row[IMAGE_REFS] = images.refs(record["images"])
+                    row["_split"], row["_origin"] = partition.split, partition.origin
+                    row["_signature"] = partition.signature
+                    rows.append(row)
+                    pending += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
+                    pending += images.staged_bytes - staged_bytes
+                    if record["image_embedding"] is not None:
+                        pending += len(record["image_embedding"]["data"])
+                    if pending >= BATCH_BYTES or len(rows) >= 4096:
+                        flush()
+            except sources.SourceError as exc:  # the file stops here: what was read stays, the rest is not rows
+                stats.bad_files.append(exc.bad_file())
+            blank = notes.count("blank_lines", task.file)
+            if blank:
+                stats.extra["blank_lines"] += blank
             flush()
             images.flush()
     except BaseException:

@@ -153,6 +153,7 @@ def _check_accounting(folder: Path, manifest: dict[str, Any]) -> list[str]:
             errors.append(f"{rejects.get('file')}: holds {total} rejected rows, {MANIFEST} says {rejects.get('rows')}")
     bad = rejects.get("bad_files", [])
     if bad and not manifest.get("options", {}).get("allow_bad_files"):
-        errors.append(f"{len(bad)} input file(s) were unreadable ({', '.join(bad[:3])}); rebuild with "
-                      "--allow-bad-files to publish without them")
+        names = [b["file"] if isinstance(b, dict) else str(b) for b in bad[:3]]
+        errors.append(f"{len(bad)} input file(s) were unreadable ({', '.join(names)}); fix them and rebuild, or "
+                      "rebuild with --allow-bad-files to publish without them")
     return errors

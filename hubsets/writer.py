@@ -27,6 +27,7 @@ import shutil
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hubsets import pylist
+from hubsets import pylist, sources
 from hubsets.builder import Partition
 from hubsets.schema import ARROW_SCHEMA
 
@@ -194,6 +195,9 @@ class ShardWriter:
         """Append rows (a table with exactly the unified schema, or with `ENCODED_IMAGES` images) to `partition`."""
         if len(table) == 0:
             return
+        if not (sources.is_segment(partition.origin) and sources.is_segment(partition.split)
+                and sources.is_segment(partition.signature)):  # the stage makes them so; never write a raw value
+            raise ValueError(f"partition {partition} has a segment that is not short and URL-safe")
         if table.schema.field("images").type != ENCODED_IMAGES:
             table = _one_dictionary(table)
         state = self._open.get(partition)
@@ -223,17 +227,21 @@ class ShardWriter:
         return self.files
 
     def abort(self) -> None:
-        """Drop unfinished files (their temp names never look finished)."""
-        self._io.shutdown(cancel_futures=True)
-        for state in self._open.values():
-            if state.spill is not None:
-                state.spill.close()
-            if state.writer is not None:
-                state.writer.close()
-            if state.tmp_path is not None:
-                state.tmp_path.unlink(missing_ok=True)
-        self._open.clear()
-        self._remove_spills()
+        """Drop unfinished files (their temp names never look finished) and the spill folder. Runs after a
+        failure, often a full disk, where closing a writer fails too: each step is tried, none stops the rest."""
+        try:
+            self._io.shutdown(cancel_futures=True)
+            for state in self._open.values():
+                for close in (state.spill, state.writer):
+                    if close is not None:
+                        with suppress(Exception):
+                            close.close()
+                if state.tmp_path is not None:
+                    with suppress(OSError):
+                        state.tmp_path.unlink(missing_ok=True)
+            self._open.clear()
+        finally:
+            self._remove_spills()
 
     def _remove_spills(self) -> None:
         shutil.rmtree(self._spill_dir, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -80,13 +79,13 @@ def element(row: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 # --- accounting ------------------------------------------------------------------------------------------------
 
-SLICE = re.compile(r"the rest of this slice \(rows (\d+)\.\.(\d+|end)\) could not be read$")
-
-
 def check_accounting(out: Path, manifest: dict[str, Any], inputs: dict[str, int],
-                     stored_elsewhere: Any = None) -> dict[str, list[dict[str, Any]]]:
+                     stored_elsewhere: Any = None, blank: dict[str, set[int]] | None = None,
+                     ) -> dict[str, list[dict[str, Any]]]:
     """Assert the identity and that each row of each input file (`inputs`: file -> rows) is accounted for exactly
-    once. `stored_elsewhere(file, row, written)` may claim rows a builder deliberately stores once elsewhere.
+    once: written, rejected (a reject names its row), blank (`blank`: file -> line indexes, skipped and counted),
+    or unread after a bad file's break (`after_row`; never counted as rows, and every row before it is here).
+    `stored_elsewhere(file, row, written)` may claim rows a builder deliberately stores once elsewhere.
     Returns the written rows' metas by file."""
     for origin, c in manifest["origins"].items():
         assert c["read"] == c["written"] + c["rejected"], origin
@@ -103,21 +102,27 @@ def check_accounting(out: Path, manifest: dict[str, Any], inputs: dict[str, int]
     for line in (out / "rejects" / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1]:
         entry = json.loads(line)
         assert entry["reason"] and isinstance(entry["detail"], str) and entry["rows"] >= 1, entry
-        file, row, rows = entry["file"], entry["row"], entry["rows"]
-        assert file in inputs, entry
-        if row is not None:
-            seen[file].extend(range(row, row + rows))
-        elif (m := SLICE.search(entry["detail"])) is not None:  # a slice that stopped parsing at row m[1]
-            end = inputs[file] if m[2] == "end" else int(m[2]) + 1
-            seen[file].extend(range(int(m[1]), end))
-        else:  # the whole file
-            assert rows == inputs[file] or inputs[file] <= 1, entry
-            seen[file].extend(range(inputs[file]))
+        assert entry["file"] in inputs and entry["row"] is not None, entry  # never a reject for unread rows
+        seen[entry["file"]].extend(range(entry["row"], entry["row"] + entry["rows"]))
+    breaks: dict[str, int] = {}
+    for bad in manifest["rejects"]["bad_files"]:  # one per task that stopped (a parquet file's later slices may read)
+        assert bad["file"] in inputs, bad
+        assert isinstance(bad["after_row"], int) and isinstance(bad["after_byte"], int) and bad["detail"], bad
+        breaks[bad["file"]] = min(bad["after_row"], breaks.get(bad["file"], bad["after_row"]))
+    skipped = 0
+    for file, rows in (blank or {}).items():
+        kept = [r for r in rows if r < breaks.get(file, inputs[file])]
+        seen[file].extend(kept)
+        skipped += len(kept)
+    if not breaks:
+        assert manifest["stats"].get("blank_lines", 0) == skipped
     for file, n in inputs.items():
         rows = seen.get(file, [])
+        stop = breaks.get(file, n)  # before the first break, every row is accounted for
         if stored_elsewhere is not None:
-            rows = rows + [r for r in range(n) if r not in rows and stored_elsewhere(file, r, written)]
-        assert sorted(rows) == list(range(n)), (file, sorted(rows), n)
+            rows = rows + [r for r in range(stop) if r not in rows and stored_elsewhere(file, r, written)]
+        assert len(rows) == len(set(rows)) and set(rows) <= set(range(n)), (file, sorted(rows), n)  # once at most
+        assert set(range(stop)) <= set(rows), (file, sorted(rows), n, stop)
     problems = validate_folder(out)
     if manifest["files"]:
         assert problems == [], problems
@@ -125,9 +130,9 @@ def check_accounting(out: Path, manifest: dict[str, Any], inputs: dict[str, int]
 
 
 def run(name: str, src: Path, out: Path, inputs: dict[str, int], settings: dict[str, str] | None = None,
-        stored_elsewhere: Any = None) -> dict[str, Any]:
+        stored_elsewhere: Any = None, blank: dict[str, set[int]] | None = None) -> dict[str, Any]:
     manifest = build(name, Options(source=src, settings=settings or {}), out, progress=False, allow_bad_files=True)
-    check_accounting(out, manifest, inputs, stored_elsewhere)
+    check_accounting(out, manifest, inputs, stored_elsewhere, blank)
     return manifest
 
 
@@ -336,9 +341,11 @@ def test_synth2_malformed_rows(lines, dtype):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         synth2_files(src)
-        (src / "captions.jsonl").write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n")
+        lines = [line.replace(b"\n", b" ") for line in lines]
+        (src / "captions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+        blank = {n for n, line in enumerate(lines) if not line.strip(b" \t\r")}  # skipped and counted, not rows
         run("synth2", src, Path(tmp) / "out", {"captions.jsonl": len(lines)},
-            {"encoder": "unit/test enc", "dtype": dtype, "task_bytes": "48"})
+            {"encoder": "unit/test enc", "dtype": dtype, "task_bytes": "48"}, blank={"captions.jsonl": blank})
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

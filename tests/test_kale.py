@@ -193,16 +193,17 @@ def test_unexpected_schema_is_a_file_level_reject_naming_the_columns(tmp_path):
     bad = pa.schema([("image_url", pa.string()), ("caption", pa.int64()), ("key", pa.string())])
     pq.write_table(pa.Table.from_pylist([{"image_url": "https://x/1.jpg", "caption": 1, "key": "k"}] * 5,
                                         schema=bad), src / "data_full_set" / "shard_099.parquet")
-    with pytest.raises(BuildError, match="could not be read"):
+    with pytest.raises(BuildError, match="shard_099.parquet is unreadable from its start"):
         build("kale", Options(source=src), tmp_path / "out", progress=False)
-    rejects = [json.loads(line) for line in (tmp_path / "out/rejects/rejects.jsonl").read_text().splitlines()]
-    [reject] = [r for r in rejects if r["file"].endswith("shard_099.parquet")]
-    assert reject["reason"] == "unexpected_schema" and reject["row"] is None and reject["rows"] == 5
-    assert "no column 'url'" in reject["detail"] and "column 'caption' is int64, not string" in reject["detail"]
-    assert "columns found: image_url: string, caption: int64, key: string" in reject["detail"]
+    manifest = json.loads((tmp_path / "out" / "hubsets.json").read_text())
+    [bad] = manifest["rejects"]["bad_files"]  # a bad file, not 5 rejected rows: none of its rows was read
+    assert bad["file"] == "data_full_set/shard_099.parquet" and bad["reason"] == "unexpected_schema"
+    assert bad["after_row"] == 0 and manifest["rejects"]["rows"] == 0
+    assert "no column 'url'" in bad["detail"] and "column 'caption' is int64, not string" in bad["detail"]
+    assert "columns found: image_url: string, caption: int64, key: string" in bad["detail"]
     manifest = build("kale", Options(source=src), tmp_path / "out", allow_bad_files=True, progress=False)
     check_loads(tmp_path / "out", manifest)
-    assert manifest["rejects"]["bad_files"] == ["data_full_set/shard_099.parquet"]
+    assert [b["file"] for b in manifest["rejects"]["bad_files"]] == ["data_full_set/shard_099.parquet"]
 
 
 def test_shard_with_a_readable_footer_but_corrupt_data_is_a_file_level_reject(tmp_path):
@@ -216,8 +217,9 @@ def test_shard_with_a_readable_footer_but_corrupt_data_is_a_file_level_reject(tm
     path.write_bytes(bytes(data))
     manifest = build("kale", Options(source=src), tmp_path / "out", allow_bad_files=True, progress=False)
     loaded = check_loads(tmp_path / "out", manifest)
-    assert manifest["rejects"]["bad_files"] == ["data_full_set/shard_001.parquet"]
-    assert manifest["rejects"]["by_reason"] == {"bad_parquet": 20}  # the whole shard, as one file-level reject
+    assert [(b["file"], b["reason"]) for b in manifest["rejects"]["bad_files"]] == [
+        ("data_full_set/shard_001.parquet", "bad_parquet")]
+    assert manifest["rejects"]["by_reason"] == {}  # the shard is a bad file: its rows are not counted as rejects
     readable = pq.read_table(src / "data_full_set" / "shard_000.parquet").to_pylist()
     assert len(loaded["full"]) == len(readable) == 20 and len(loaded["core"]) == 20
     # core rows whose full copy sat in the unreadable shard are no longer known to be in full

@@ -45,7 +45,8 @@ def test_valid_and_planted_rejects(mode, request):
     sample, out, manifest = request.getfixturevalue(mode)
     assert validate_folder(out) == []
     assert rejects_of(out) == sample.rejects
-    assert manifest["rejects"]["bad_files"] == ["vehicle.json"]
+    assert {b["file"]: b["reason"] for b in manifest["rejects"]["bad_files"]} == sample.bad_files == {
+        "vehicle.json": "bad_json"}
     assert "all.json" not in {f for f, _ in rejects_of(out)}
 
 
@@ -110,7 +111,7 @@ def test_card(with_images):
 
 def test_errors(tmp_path):
     sample = samples.make_stablellava(tmp_path / "s", images=True, malformed=True)
-    with pytest.raises(BuildError, match="could not be read"):
+    with pytest.raises(BuildError, match=r"input file vehicle.json is unreadable after row 1 \(byte 316\): bad_json"):
         build("stablellava", Options(source=sample.root, settings=sample.settings), tmp_path / "o", progress=False)
     with pytest.raises(BuildError, match="is not a folder"):
         build("stablellava", Options(source=sample.root, settings={"images": str(tmp_path / "none")}),
