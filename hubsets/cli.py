@@ -54,6 +54,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"config {config.name}{' (default)' if config.default else ''}: {config.description}")
     for f in builder.FILTERS:
         print(f"filter {f.name}: {f.definition}")
+    layout = getattr(builder, "SOURCE_LAYOUT", None)
+    if layout:
+        print(f"\nexpected --source layout:\n{layout}")
+    download = getattr(builder, "DOWNLOAD", None)
+    if download:
+        print(f"\ndownload: {download}")
+    declared = getattr(builder, "SETTINGS", ())
+    if declared:
+        print("\n--set keys:")
+        for setting in declared:
+            text = setting.describe() if hasattr(setting, "describe") else (
+                f"{setting}: {declared[setting]}" if isinstance(declared, dict) else str(setting))
+            print(f"  {text}")
+    print(f"\nexport: hubsets export OUT --config {builder.CONFIGS[0].name} --format llava|cauldron --out DIR")
     print()
     print(" ".join(builder.DESCRIPTION.split()))
     return 0
