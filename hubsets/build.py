@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 import hubsets
-from hubsets import card, lock, pylist, registry
-from hubsets.builder import Builder, BuildError, Options, Partition, Reject, Task
+from hubsets import card, lock, pylist, registry, sources
+from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task
 from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
 from hubsets.writer import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
 
@@ -113,8 +113,9 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     are deleted once the build has succeeded (they hold a copy of every distinct image).
 
     Raises `BuildError` when accounting does not add up, when writing fails (e.g. the disk is full: free
-    space and run the same command again to resume), or when input files were unreadable and
-    `allow_bad_files` is false (the output is still written, and the manifest records those files).
+    space and run the same command again to resume), when an input file is a symlink out of the source, or
+    when input files were unreadable from some point on and `allow_bad_files` is false (the output, with the
+    rows read before each break, is still written, and the manifest records those files).
     """
     say = log or (lambda message: print(message, file=sys.stderr))
     builder = registry.get(name)
@@ -128,6 +129,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     tasks = builder.plan(options)
     if not tasks:
         raise BuildError(f"no input files found under {options.source} for {name}")
+    _check_inputs(options.source, tasks)
     started = time.time()
     staging = Staging(out)
     keys = [task_key(builder, task, options) for task in tasks]
@@ -149,8 +151,8 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
         with ThreadPoolExecutor(1, thread_name_prefix="hubsets-stage") as pool:
             staged = pool.submit(_stage, name, todo, options, staging, workers, runner, ray_address, progress, stop)
             try:
-                files, read, rejects = _merge(builder, keys, staging, out, writer_options or {}, extra,
-                                              lambda key: _wait_staged(staging, key, staged))
+                files, read, rejects, bad_files = _merge(builder, keys, staging, out, writer_options or {}, extra,
+                                                         lambda key: _wait_staged(staging, key, staged))
             except BaseException:
                 stop.set()
                 raise
@@ -158,19 +160,28 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     except OSError as exc:
         raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished tasks are kept and the build resumes") from exc
-    manifest = _manifest(builder, options, files, read, rejects, extra, allow_bad_files, started,
+    manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
                          {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
     _check_accounting(manifest)
     (out / "README.md").write_text(card.render(builder, manifest), encoding="utf-8")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    bad_files = manifest["rejects"]["bad_files"]
     if bad_files and not allow_bad_files:
-        raise BuildError(
-            f"{len(bad_files)} input file(s) could not be read ({', '.join(bad_files[:3])}); "
-            f"see {out / REJECTS} (pass --allow-bad-files to accept the build without them)")
+        first = bad_files[0]
+        more = f" (and {len(bad_files) - 1} more file(s), listed in {out / MANIFEST})" if len(bad_files) > 1 else ""
+        raise BuildError(f"input file {sources.unreadable(first)}{more}. The rows before the break were built "
+                         f"into {out}; fix or re-download the file and run the same command again, or pass "
+                         "--allow-bad-files to publish without the rest")
     if discard_staging:
         shutil.rmtree(out / STAGING, ignore_errors=True)
     return manifest
+
+
+def _check_inputs(source: Path, tasks: list[Task]) -> None:
+    """Every input file the tasks read follows the symlink rule of `sources.discover`."""
+    for rel in sorted({rel for task in tasks for rel in (task.file, *task.options.get(READS, ()))}):
+        problem = sources.symlink_problem(source, rel)
+        if problem is not None:
+            raise BuildError(problem)
 
 
 def _wait_staged(staging: Staging, key: str, staged: Future[None]) -> None:
@@ -235,12 +246,14 @@ def _prepare_out(out: Path) -> None:
 
 def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, writer_options: dict[str, Any],
            extra: Counter[str], wait: Callable[[str], None],
-           ) -> tuple[list[WrittenFile], Counter[str], list[dict[str, Any]]]:
-    """Stream staged tasks, in plan order (waiting for each to be staged), into the final shards and rejects."""
+           ) -> tuple[list[WrittenFile], Counter[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Stream staged tasks, in plan order (waiting for each to be staged), into the final shards and rejects;
+    also returns the unreadable input files the tasks recorded."""
     writer = ShardWriter(out, **writer_options)
     seen = _SeenIds()
     read: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []  # small: reasons and origins only are kept for the manifest
+    bad_files: list[dict[str, Any]] = []
     reject_stats = getattr(builder, "reject_stats", None)
     rejects_path = out / REJECTS
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +264,7 @@ def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, write
                 stats: TaskStats = staging.stats(key)
                 read.update(stats.read)
                 extra.update(stats.extra)
+                bad_files += stats.bad_files
                 for line in staging.rejects(key):
                     sink.write(line)
                     rejects.append(_reject_summary(json.loads(line)))
@@ -262,15 +276,14 @@ def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, write
                         if reject_stats is not None:
                             extra.update(reject_stats(Reject(entry["file"], entry["row"], None, entry["origin"],
                                                              entry["reason"], entry["detail"])))
-        return writer.close(), read, rejects
+        return writer.close(), read, rejects, sorted(bad_files, key=lambda b: (b["file"], b["after_row"] or 0))
     except BaseException:
         writer.abort()
         raise
 
 
 def _reject_summary(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"origin": entry["origin"], "reason": entry["reason"], "rows": entry["rows"],
-            "file": entry["file"] if entry["row"] is None else None}
+    return {"origin": entry["origin"], "reason": entry["reason"], "rows": entry["rows"]}
 
 
 def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.Table,
@@ -335,7 +348,8 @@ def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str,
 
 
 def _manifest(builder: Builder, options: Options, files: list[WrittenFile], read: Counter[str],
-              rejects: list[dict[str, Any]], extra: Counter[str], allow_bad_files: bool, started: float,
+              rejects: list[dict[str, Any]], bad_files: list[dict[str, Any]], extra: Counter[str],
+              allow_bad_files: bool, started: float,
               tasks: dict[str, int]) -> dict[str, Any]:
     partitions = sorted({f.partition for f in files}, key=lambda p: (p.split, p.origin, p.signature))
     rows_by_partition: Counter[Partition] = Counter()
@@ -389,7 +403,7 @@ def _manifest(builder: Builder, options: Options, files: list[WrittenFile], read
                     for f in builder.FILTERS},
         "rejects": {"file": REJECTS, "rows": sum(rejected.values()), "by_reason": dict(sorted(reasons.items())),
                     "by_origin": {o: dict(sorted(c.items())) for o, c in sorted(by_origin.items())},
-                    "bad_files": sorted(r["file"] for r in rejects if r["file"] is not None)},
+                    "bad_files": bad_files},
         "stats": dict(sorted(extra.items())),
         "provenance": {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "tasks": tasks},
     }
