@@ -399,3 +399,82 @@ def test_duplicate_ids_are_found_exactly(batches, recent, weak):
             expected.append(record_id not in reference)
             reference.add(record_id)
         assert seen.add_many(batch) == expected
+
+
+# --- damaged files, every builder ---------------------------------------------------------------------------------
+
+def _skvqa_source(src: Path) -> list[str]:
+    (src / "img.png").write_bytes(samples.small_image(np.random.default_rng(3), "PNG"))
+    rows = [{"image": "img.png", "context": f"Doc {i}.", "question": f"Q{i}?", "answer": "A", "source": "wit"}
+            for i in range(6)]
+    (src / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (src / "more.json").write_text(json.dumps([dict(r, context="More " + r["context"]) for r in rows]),
+                                   encoding="utf-8")
+    return ["rows.jsonl", "more.json"]
+
+
+def _stable_source(src: Path) -> list[str]:
+    rows = [{"id": str(i), "question": "<image>\nWhat?", "answer": "A cat.", "prompt": "cat"} for i in range(6)]
+    (src / "animal.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return ["animal.json"]
+
+
+def _allava_source(src: Path) -> list[str]:
+    rows = [{"idx": f"t{i}", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+            for i in range(6)]
+    (src / EVOL).parent.mkdir(parents=True)
+    (src / EVOL).write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    return [EVOL]
+
+
+def _kale_source(src: Path) -> list[str]:
+    samples.make_kale(src, both=4, full_only=4, shards=1, row_group_rows=2, planted=False)
+    return sorted(p.relative_to(src).as_posix() for p in src.rglob("*.parquet"))
+
+
+def _synth2_source(src: Path) -> list[str]:
+    samples.make_synth2(src, rows=6, kinds=("inline",))
+    return ["captions.jsonl"]
+
+
+DAMAGED = {"skvqa": (_skvqa_source, {}), "stablellava": (_stable_source, {"rows_per_task": "2"}),
+           "allava": (_allava_source, {"subsets": "text", "rows_per_task": "2"}),
+           "kale": (_kale_source, {"task_rows": "2"}), "synth2": (_synth2_source, {"encoder": "e", "task_bytes": "64"})}
+damage = st.lists(st.tuples(st.sampled_from(["cut", "flip", "insert", "bom", "blank", "deep", "digits"]),
+                            st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=3)
+
+
+def _damage(data: bytes, how: str, at: int, byte: int) -> bytes:
+    at %= len(data) + 1
+    return {"cut": lambda: data[:at], "flip": lambda: data[:at] + bytes([byte]) + data[at + 1:],
+            "insert": lambda: data[:at] + bytes([byte]) + data[at:], "bom": lambda: b"\xef\xbb\xbf" + data,
+            "blank": lambda: data[:at] + b"\n\n" + data[at:], "deep": lambda: data[:at] + b"[" * 5000 + data[at:],
+            "digits": lambda: data[:at] + b"9" * 5000 + data[at:]}[how]()
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(name=st.sampled_from(sorted(DAMAGED)), which=st.integers(0, 3), changes=damage)
+def test_damaged_files_never_crash_a_builder(name, which, changes):
+    """Byte-level damage (cut, flipped or inserted bytes, a BOM, blank lines, deep nesting, a 5,000-digit number)
+    to one input file of any builder: the build ends with a manifest (bad files recorded, never a traceback),
+    read = written + rejected, no reject stands for unread rows, and the folder validates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        make, options = DAMAGED[name]
+        files = make(src)
+        target = src / files[which % len(files)]
+        data = target.read_bytes()
+        for how, at, byte in changes:
+            data = _damage(data, how, at, byte)
+        target.write_bytes(data)
+        out = Path(tmp) / "out"
+        manifest = build(name, Options(source=src, settings=options), out, progress=False, allow_bad_files=True)
+        for origin, c in manifest["origins"].items():
+            assert c["read"] == c["written"] + c["rejected"], origin
+        for entry in map(json.loads, (out / "rejects" / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1]):
+            assert entry["row"] is not None and entry["reason"], entry
+        for bad in manifest["rejects"]["bad_files"]:
+            assert bad["file"] in files and isinstance(bad["after_row"], int), bad
+        if manifest["files"]:
+            assert validate_folder(out) == []
