@@ -418,11 +418,15 @@ def read(task: Task, options: Options) -> Iterator[Item]:
                    task.options.get(MEMBERS, {}))
     fetcher = settings.fetcher(values, options.max_pixels, options.out) if values["fetch_images"] else None
     chunk: list[tuple[int, Any]] = []
-    for row in _rows(path, task.file):
-        chunk.append(row)
-        if len(chunk) >= CHUNK_ROWS:
-            yield from _read_chunk(chunk, ctx, fetcher)
-            chunk = []
+    try:
+        for row in _rows(path, task.file):
+            chunk.append(row)
+            if len(chunk) >= CHUNK_ROWS:
+                yield from _read_chunk(chunk, ctx, fetcher)
+                chunk = []
+    except sources.SourceError:
+        yield from _read_chunk(chunk, ctx, fetcher)  # the rows read before the break are kept
+        raise
     yield from _read_chunk(chunk, ctx, fetcher)
 
 

@@ -278,3 +278,17 @@ def test_the_context_reaches_the_prompt_and_the_exports(tmp_path, in_prompt):
     assert any(CONTEXTS[0] in t for t in turns) is in_prompt
     card = (out / "README.md").read_text()
     assert ("Context: {context}" in card) is in_prompt
+
+
+def test_a_file_cut_short_keeps_every_row_read_before_the_break(tmp_path):
+    """Rows are read ahead in chunks (so URLs download together): a break mid-chunk must not drop the chunk."""
+    src = tmp_path / "src"
+    (src / "laion").mkdir(parents=True)
+    for i, data in enumerate(PICTURES):
+        (src / "laion" / f"{i}.jpg").write_bytes(data)
+    rows = [dict(r, image=r["image"]["path"]) for r in qa_rows(3)]
+    text = "[" + ",".join(json.dumps(r) for r in rows) + ","
+    (src / "a.json").write_text(text + text[1:60])  # an interrupted download: cut inside row 12
+    manifest = build("skvqa", Options(source=src), tmp_path / "out", progress=False, allow_bad_files=True)
+    assert manifest["origins"]["laion"]["written"] == len(rows)
+    assert [b["file"] for b in manifest["rejects"]["bad_files"]] == ["a.json"]
