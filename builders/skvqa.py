@@ -714,6 +714,19 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
             "agreement": _agreement(stats)}
 
 
+def output_stats(out: Path, files: list[str]) -> dict[str, int]:
+    """`split_overlap`: rows outside `train` whose QA (id without `@<split>`) is also in `train`. Reads the `id`
+    column only, and keeps 8 bytes per train row."""
+    train, others = [], []
+    for file in files:
+        for record_id in pq.read_table(out / file, columns=["id"]).column("id").to_pylist():
+            base, _, split = record_id.partition("@")
+            (others if split else train).append(_key64(base))
+    if not others or not train:
+        return {}
+    return {"split_overlap": int(np.isin(np.array(others, dtype=np.uint64), np.array(train, dtype=np.uint64)).sum())}
+
+
 def _pairs_table(stats: Mapping[str, int]) -> str:
     pairs = sorted({tuple(k.split(":")[1].split("/")) for k in stats if k.startswith("pair:")})
     if not pairs:

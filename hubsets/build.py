@@ -160,6 +160,9 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     except OSError as exc:
         raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished tasks are kept and the build resumes") from exc
+    output_stats = getattr(builder, "output_stats", None)
+    if output_stats is not None:  # statistics across tasks, from the written files' columns (e.g. split overlap)
+        extra.update(output_stats(out, [f.path for f in files]))
     manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
                          {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
     _check_accounting(manifest)

@@ -90,6 +90,17 @@ def test_permuting_and_resharding_gives_the_same_ids_and_rows(seed, files, test_
         assert results[0] == results[1]
 
 
+def test_the_same_qa_in_train_and_test_is_kept_in_both_and_counted(tmp_path):
+    rows = qa_rows(2)
+    write_parquet(tmp_path / "src", "train-00000.parquet", rows)
+    write_parquet(tmp_path / "src", "test-00000.parquet", rows[:3] + [dict(rows[3], question="New?")])
+    out = tmp_path / "out"
+    manifest = build("skvqa", Options(source=tmp_path / "src"), out, progress=False)
+    assert manifest["configs"]["default"]["splits"] == {"test": 4, "train": 8}
+    assert manifest["rejects"]["rows"] == 0 and manifest["stats"]["split_overlap"] == 3
+    assert "QA pairs in `train` and in another split: 3, kept in both" in (out / "README.md").read_text()
+
+
 def test_a_repeated_qa_is_kept_once_and_counted(tmp_path):
     rows = qa_rows(2)
     write_parquet(tmp_path / "src", "a.parquet", rows + [rows[0], rows[3]])
