@@ -717,7 +717,8 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
 def output_stats(out: Path, files: list[str]) -> dict[str, int]:
     """`split_overlap`: rows outside `train` whose QA (id without `@<split>`) is also in `train`. Reads the `id`
     column only, and keeps 8 bytes per train row."""
-    train, others = [], []
+    train: list[int] = []
+    others: list[int] = []
     for file in files:
         for record_id in pq.read_table(out / file, columns=["id"]).column("id").to_pylist():
             base, _, split = record_id.partition("@")
