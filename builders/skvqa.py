@@ -9,6 +9,7 @@ and says what it found when neither fits. `--column NAME=UPSTREAM` overrides any
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -414,6 +415,9 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     mapping = _mapping(options)
     values = settings.parse(NAME, SETTINGS, options.settings)
     path = options.source / task.file
+    if not path.is_file():  # planned but gone: the node cannot see --source, or the file was removed
+        raise FileNotFoundError(errno.ENOENT, f"input file {task.file} is missing under {options.source} (it was "
+                                "there when the build was planned); restore it and run the same command again")
     ctx = _Reading(task.file, path.parent, task.options.get("split") or _split_of(task.file), mapping, values,
                    task.options.get(MEMBERS, {}))
     fetcher = settings.fetcher(values, options.max_pixels, options.out) if values["fetch_images"] else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -151,16 +150,6 @@ def for_repo(text: str, repo_id: str) -> str:
     """The card with its examples loading `repo_id` (a build writes the placeholder `ORG/NAME`; a push knows the
     real id): every `load_dataset("A/B"`, `loader("A/B"` and `snapshot_download("A/B"` names `repo_id`."""
     return _EXAMPLE_CALL.sub(lambda m: m.group(1) + repo_id + m.group(3), text)
-
-
-def rewrite_for_repo(folder: Path, repo_id: str) -> None:
-    """Rewrite `folder/README.md` in place for `repo_id` (called by `hubsets push` before it uploads)."""
-    path = Path(folder) / "README.md"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        new = for_repo(text, repo_id)
-        if new != text:
-            path.write_text(new, encoding="utf-8")
 
 
 def render(builder: Builder, manifest: Mapping[str, Any]) -> str:

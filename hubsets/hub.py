@@ -133,6 +133,22 @@ def _local_files(folder: Path) -> dict[str, _LocalFile]:
     return files
 
 
+def _with_card_for(folder: Path, local: dict[str, _LocalFile], repo_id: str) -> dict[str, _LocalFile]:
+    """Upload a card whose examples load `repo_id` (a build writes ORG/NAME), without editing the built folder:
+    the rewritten copy lives in a dot-folder, which is never published."""
+    built = local.get("README.md")
+    if built is None:
+        return local
+    text = built.path.read_text(encoding="utf-8")
+    pushed = card.for_repo(text, repo_id)
+    if pushed == text:
+        return local
+    path = folder / ".hubsets-push" / "README.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(pushed, encoding="utf-8")
+    return {**local, "README.md": _LocalFile(path, path.stat().st_size, sha256_file(path))}
+
+
 def _unchanged(local: _LocalFile, remote: RepoFile) -> bool:
     """LFS files compare by sha256; small regular files by git blob id (all the remote has for them)."""
     if remote.lfs is not None:
@@ -269,15 +285,13 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     folder = Path(folder)
     policy = _policy(stall_timeout, retry_for)
     errors = validate_folder(folder)
-    if not errors:
-        card.rewrite_for_repo(folder, repo_id)  # the card's examples load `repo_id`, not ORG/NAME
     if errors:
         raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
     shown = progress if isinstance(progress, PushProgress) else PushProgress(enabled=progress)
     shown.note("hashing the folder")
-    local = _local_files(folder)
+    local = _with_card_for(folder, _local_files(folder), repo_id)
     sent = _Sent()
     retries = [0]
     with _xet_disabled_unless_hub(api.endpoint), _stall_timeout(policy.stall_timeout), shown.showing() as track:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 
@@ -18,7 +19,7 @@ from conftest_hub import (
 )
 from huggingface_hub import HfApi
 
-from hubsets import cli
+from hubsets import card, cli
 from hubsets.hub import PushError, PushProgress, _human, push
 
 LOAD_EVERYTHING = """
@@ -92,7 +93,11 @@ def test_push_then_load_every_config_stream_browse_and_snapshot(server, tmp_path
     assert out["glob"] == [f"datasets/org/skvqa/{f}" for f in data_files]
     assert out["ls"] == sorted({f"datasets/org/skvqa/data/{f.split('/')[1]}" for f in data_files})
     assert out["opened"] == files["hubsets.json"]
-    assert out["snapshot"] == files  # byte for byte, nothing missing, nothing extra
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert 'load_dataset("ORG/NAME"' in readme  # the built folder is left as built ...
+    pushed = hashlib.sha256(card.for_repo(readme, "org/skvqa").encode()).hexdigest()
+    assert pushed != files["README.md"]  # ... and the card on the Hub names the repo it is in
+    assert out["snapshot"] == {**files, "README.md": pushed}  # byte for byte, nothing missing, nothing extra
 
 
 def test_second_push_makes_no_commit_and_uploads_nothing(server, tmp_path_factory, tmp_path):
@@ -197,7 +202,8 @@ def test_a_built_folder_under_root_is_served_read_only_without_a_push(server, tm
     rows = config_rows(folder)
     assert out["rows"] == rows and out["streamed"] == rows and out["default_rows"] == rows["default"]
     assert out["snapshot"] == folder_digests(folder)
-    assert push(folder, "local/skvqa", endpoint=server.url, token=False).commit_url is None  # same bytes
+    with pytest.raises(PushError, match="served read-only"):  # the pushed card would name the repo: a change
+        push(folder, "local/skvqa", endpoint=server.url, token=False)
     other = built_copy(tmp_path_factory, tmp_path / "other", images=20, seed=1)
     with pytest.raises(PushError, match="read-only"):
         push(other, "local/skvqa", endpoint=server.url, token=False)
