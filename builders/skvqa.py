@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -308,9 +309,7 @@ def plan(options: Options) -> list[Task]:
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
     found = layout(options)
-    stats = {f"layout:ignored_file:{why.split(':')[0]}": 0 for why in found.ignored.values()}
-    for why in found.ignored.values():
-        stats[f"layout:ignored_file:{why.split(':')[0]}"] += 1
+    stats = dict(Counter(f"layout:ignored_file:{why.split(':')[0]}" for why in found.ignored.values()))
     if found.subset_only:
         stats[f"layout:subset_only:{found.subset_only}"] = 1
     for name, group in found.subsets.items():
