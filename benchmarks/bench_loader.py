@@ -71,7 +71,7 @@ def write_dataset(out: Path, images: list[bytes], rows: int, row_group_bytes: in
 
     from hubsets.builder import Partition
     from hubsets.schema import FEATURES
-    from hubsets.writer import ShardWriter
+    from hubsets.build.shards import ShardWriter
 
     if (out / "README.md").exists():
         return out

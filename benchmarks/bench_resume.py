@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from hubsets import samples
-from hubsets.stage import STAGING
+from hubsets.build.task import STAGING
 
 CHILD = """
 import sys, time

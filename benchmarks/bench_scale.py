@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hubsets.stage import STAGING
+from hubsets.build.task import STAGING
 
 CORE_SHARE = 100 / 218
 """KALE: 100M core captions (stage 1), 218M in full."""

@@ -50,7 +50,7 @@ from huggingface_hub.utils.sha import git_hash
 
 from hubsets import card
 from hubsets.validate import validate_folder
-from hubsets.writer import sha256_file
+from hubsets.layout import sha256_file
 
 log = logging.getLogger(__name__)
 REPO_TYPE = "dataset"

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from hubsets.schema import ARROW_SCHEMA
-from hubsets.writer import sha256_file
+from hubsets.layout import sha256_file
 
 MANIFEST = "hubsets.json"
 

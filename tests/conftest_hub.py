@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from hubsets import samples
 from hubsets.build import build
 from hubsets.builder import Options
-from hubsets.writer import sha256_file
+from hubsets.layout import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

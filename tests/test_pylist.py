@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from hubsets import pylist
-from hubsets.stage import IMAGES_SCHEMA, STAGED_SCHEMA
+from hubsets.build.task import IMAGES_SCHEMA, STAGED_SCHEMA
 
 MESSAGES = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Où? 北京 🙂"}]},
             {"role": "assistant", "content": [{"type": "text", "text": ""}]}]

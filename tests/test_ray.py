@@ -18,8 +18,8 @@ import pytest
 from hubsets import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options, Task
-from hubsets.ray_runner import run_tasks
-from hubsets.stage import Staging
+from hubsets.build.ray_runner import run_tasks
+from hubsets.build.task import Staging
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_an_unreachable_address_fails_fast():
-    from hubsets.ray_runner import _check_reachable
+    from hubsets.build.ray_runner import _check_reachable
 
     with pytest.raises(BuildError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         _check_reachable("127.0.0.1:1", timeout=5)

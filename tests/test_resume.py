@@ -15,7 +15,7 @@ import pytest
 from hubsets import samples
 from hubsets.build import build
 from hubsets.builder import Options
-from hubsets.stage import STAGING
+from hubsets.build.task import STAGING
 from hubsets.validate import validate_folder
 
 BUILD = """

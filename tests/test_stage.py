@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from hubsets.stage import RECENT_IMAGES, _ImageTable
+from hubsets.build.task import RECENT_IMAGES, _ImageTable
 
 
 def test_a_task_remembers_only_its_latest_images(tmp_path):

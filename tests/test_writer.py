@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from hubsets.builder import Partition
 from hubsets.schema import FEATURES, empty_record
-from hubsets.writer import ShardWriter
+from hubsets.build.shards import ShardWriter
 
 KB = 1024
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 from hubsets import images, pylist, registry, schema, sources
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
-from hubsets.writer import release_unused
+from hubsets.build.shards import release_unused
 
 STAGING = ".hubsets-build"
 """Under the output folder: staged task results. A dot-folder, so it is never pushed or loaded."""

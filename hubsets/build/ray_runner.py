@@ -1,6 +1,6 @@
 """Run a build's tasks on a Ray cluster: `hubsets build ... --runner ray [--address ADDRESS]`.
 
-Each task is `hubsets.stage.run_task` in a Ray task (one CPU). The worker reads its input slice and
+Each task is `hubsets.build.task.run_task` in a Ray task (one CPU). The worker reads its input slice and
 publishes its staged folder under `<out>/.hubsets-build/` itself, so only a host name travels back; the
 merge then runs on the driver exactly as after a local run, which makes the output byte-identical to the
 local runner's. Hence `--source` and `--out` must be on a filesystem that every Ray node sees at the same
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hubsets.builder import BuildError, Options, Task
-from hubsets.stage import Staging, run_task
+from hubsets.build.task import Staging, run_task
 
 IN_FLIGHT_PER_CPU = 2
 """Tasks submitted per cluster CPU at any time: enough to keep every CPU busy, few enough that a huge plan

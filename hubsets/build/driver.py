@@ -1,7 +1,7 @@
 """Run a builder end to end in two phases: stage every task, then merge the stages into the dataset.
 
 1. **Stage** (parallel, resumable): each task is read, validated, image-checked and filter-tagged into its
-   own staged folder (`hubsets.stage`), published atomically. Tasks already staged by an earlier run with
+   own staged folder (`hubsets.build.task`), published atomically. Tasks already staged by an earlier run with
    the same inputs and options are not redone, so a build killed at any moment resumes where it was.
    Workers write their results to disk, so nothing large crosses process boundaries.
 2. **Merge** (cheap, Arrow-level): staged rows are streamed in plan order into the partitioned writer,
@@ -33,8 +33,8 @@ from tqdm import tqdm
 import hubsets
 from hubsets import card, lock, pylist, registry, sources
 from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task
-from hubsets.stage import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
-from hubsets.writer import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
+from hubsets.build.task import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
+from hubsets.build.shards import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
 
 MANIFEST = "hubsets.json"
 REJECTS = "rejects/rejects.jsonl"
@@ -207,7 +207,7 @@ def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: S
                file=sys.stderr, dynamic_ncols=True)
     try:
         if runner == "ray":
-            from hubsets.ray_runner import run_tasks
+            from hubsets.build.ray_runner import run_tasks
 
             run_tasks(name, todo, options, staging, ray_address, on_done=lambda: bar.update(1), stop=stop)
         elif workers <= 1:
