@@ -49,10 +49,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hubsets import captions, fetch, sources
+from hubsets import captions, fetch, release, sources
+from hubsets import settings as setting_keys
 from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
+from hubsets.settings import Setting
 
 NAME = "kale"
 DATASET = "kale"
@@ -106,49 +108,32 @@ DUPLICATE = 2
 INDEX_FORMAT = 1
 _ENTRY = np.dtype([("key", "S16"), ("file", "<u4"), ("row", "<u8")])
 
-SETTINGS = {
-    "fetch_images": "download each URL and embed the image (true/false, default false)",
-    "fetch_concurrency": "downloads in flight per worker process (default 32)",
-    "fetch_timeout": "seconds per request: connect, headers and body (default 10)",
-    "fetch_retries": "extra attempts on connection errors, truncated bodies, 408, 429, 5xx (default 3)",
-    "fetch_backoff": "first retry delay in seconds, doubling per retry (default 0.5)",
-    "fetch_max_bytes": "largest body accepted, in bytes (default 33554432)",
-    "fetch_max_redirects": "redirects followed per URL (default 10)",
-    "fetch_cache": "fetch cache folder (default <out>/.cache/fetch)",
-    "fetch_retry_failures": "fetch again URLs whose permanent failure is cached (true/false, default false)",
-    "fetch_user_agent": "User-Agent header",
-    "fetch_verify": "header (default: format and pixel cap from the header at fetch time; the build then decodes "
-                    "every image fully, once) or decode (decode at fetch time too)",
-    "task_rows": "rows per task (default 100000, or 1024 when fetching)",
-    "index_dir": "folder for the core/full index (default <out>/.cache)",
-    "index_buckets": "hash buckets of the core/full comparison (default: one per ~1M rows, at most 512)",
-    "caption_prompt": captions.SETTING,
-}
+SETTINGS = (
+    *setting_keys.FETCH,
+    Setting("task_rows", "int", None, "rows per task (default 100000, or 1024 when fetching, since the build "
+            "holds a task's images in memory)", minimum=1),
+    Setting("index_dir", "path", None, "folder for the core/full index (default <out>/.cache)"),
+    Setting("index_buckets", "int", None, "hash buckets of the core/full comparison (default: one per ~1M rows, "
+            "at most 512)", minimum=1),
+    setting_keys.CAPTION_PROMPT,
+)
+SOURCE_LAYOUT = """\
+A Hub snapshot of `Salesforce/blip3-kale`: its `README.md` YAML `configs` (`core`: `data_core_set/*.parquet`,
+`full`: `data_full_set/*.parquet`, split `train`) name the shards, which are read as listed; files no config
+names are not read. Without a README, the folders `data_core_set/` and/or `data_full_set/` are read. Either set
+alone builds (upstream's configs are separate downloads: core ~74 GB, full ~160 GB); the other config is then
+absent and the card says why. Shards need string columns `url` and `caption` (`--column url=NAME`, `caption=`);
+other columns go to `meta.upstream`. Images are fetched from `url` with `--set fetch_images=true`."""
+DOWNLOAD = ("hf download Salesforce/blip3-kale --repo-type dataset --local-dir kale-raw  (one config only, "
+            "e.g. core: add --include 'data_core_set/*' --include README.md)")
 
 
 # --- settings ------------------------------------------------------------------------------------------
 
-def _bool(key: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"--set {key}={value}: expected true or false")
-
-
-def _number(key: str, value: str, kind: type, minimum: float) -> Any:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ValueError(f"--set {key}={value}: expected a {kind.__name__}") from None
-    if number < minimum:
-        raise ValueError(f"--set {key}={value}: must be at least {minimum}")
-    return number
-
-
 @dataclass(frozen=True)
 class Settings:
+    values: Mapping[str, Any]
+    """Every key of `SETTINGS`, parsed (`hubsets.settings.parse`)."""
     fetch_images: bool
     fetch: fetch.FetchSettings
     fetch_cache: Path | None
@@ -159,36 +144,13 @@ class Settings:
 
 
 def settings(values: Mapping[str, str], max_pixels: int, out: Path | None) -> Settings:
-    """Parse `--set` values; `ValueError` naming the key for anything unknown or malformed."""
-    unknown = sorted(set(values) - set(SETTINGS))
-    if unknown:
-        raise ValueError(f"unknown --set {', '.join(unknown)} for kale; known: {', '.join(SETTINGS)}")
-    get = values.get
-    defaults = fetch.FetchSettings()
-    fs = fetch.FetchSettings(
-        concurrency=_number("fetch_concurrency", get("fetch_concurrency", str(defaults.concurrency)), int, 1),
-        timeout=_number("fetch_timeout", get("fetch_timeout", str(defaults.timeout)), float, 0.001),
-        retries=_number("fetch_retries", get("fetch_retries", str(defaults.retries)), int, 0),
-        backoff=_number("fetch_backoff", get("fetch_backoff", str(defaults.backoff)), float, 0),
-        max_bytes=_number("fetch_max_bytes", get("fetch_max_bytes", str(defaults.max_bytes)), int, 1),
-        max_redirects=_number("fetch_max_redirects", get("fetch_max_redirects", str(defaults.max_redirects)), int, 0),
-        max_pixels=max_pixels,
-        user_agent=get("fetch_user_agent") or defaults.user_agent,
-        retry_failures=_bool("fetch_retry_failures", get("fetch_retry_failures", "false")),
-        verify=get("fetch_verify", "header"),
-    )
-    fetch_images = _bool("fetch_images", get("fetch_images", "false"))
+    """Parse `--set` values (`hubsets.settings`); `SettingError` naming the key for anything unknown or malformed."""
+    v = setting_keys.parse(NAME, SETTINGS, values)
     cache_root = out / ".cache" if out is not None else Path(tempfile.gettempdir()) / "hubsets-cache"
-    fetch_cache, index_dir, buckets = get("fetch_cache"), get("index_dir"), get("index_buckets")
-    task_rows = _number("task_rows", get("task_rows", "1024" if fetch_images else "100000"), int, 1)
-    return Settings(
-        fetch_images, fs,
-        Path(fetch_cache) if fetch_cache else (out / ".cache" / "fetch" if out is not None else None),
-        task_rows,
-        Path(index_dir) if index_dir else cache_root,
-        _number("index_buckets", buckets, int, 1) if buckets else None,
-        captions.prompt(values),
-    )
+    task_rows = v["task_rows"] or (1024 if v["fetch_images"] else 100_000)
+    return Settings(v, v["fetch_images"], setting_keys.fetch_settings(v, max_pixels),
+                    setting_keys.fetch_cache(v, out), task_rows, v["index_dir"] or cache_root, v["index_buckets"],
+                    captions.prompt({"caption_prompt": v["caption_prompt"]}))
 
 
 def _fields(options: Options) -> dict[str, str]:
@@ -250,16 +212,22 @@ def _inspect(source: Path, rel: str, set_name: str, fields: Mapping[str, str]) -
     return _File(rel, set_name, meta.num_rows, groups, None)
 
 
-def _discover(source: Path) -> list[tuple[str, str]]:
-    """(set, relative path) of every shard, by the upstream configs' globs `data_*_set/*.parquet`.
+def _discover(source: Path) -> tuple[list[tuple[str, str]], dict[str, str], release.Snapshot | None]:
+    """(set, relative path) of every shard, the files found but not read (file -> why), and the upstream map.
 
-    Either set alone is a build (upstream's configs are separate downloads, core ~74 GB, full ~160 GB); a set
-    whose folder is absent is simply not built, and the card says so."""
+    With the upstream `README.md` (a Hub snapshot), its configs `core` and `full` name the shards; without it,
+    the folders of their globs, `data_*_set/*.parquet`. Either set alone is a build (upstream's configs are
+    separate downloads, core ~74 GB, full ~160 GB); a set with no shard present is not built, and the card
+    says so."""
+    snap = release.snapshot(source, (".parquet",))
+    if snap is not None:
+        return (*_from_release(source, snap), snap)
     present = [(set_name, folder) for set_name, folder in SETS.items() if (source / folder).is_dir()]
     if not present:
         raise BuildError(f"neither {SETS['core']}/ nor {SETS['full']}/ is under {source}: --source must be laid "
                          f"out like {UPSTREAM_REPO} (download one config or both, e.g. `hf download "
-                         f"{UPSTREAM_REPO} --repo-type dataset --include '{SETS['core']}/*' --local-dir RAW`)")
+                         f"{UPSTREAM_REPO} --repo-type dataset --include '{SETS['core']}/*' --include README.md "
+                         "--local-dir RAW`)")
     found = []
     for set_name, folder in present:
         root = source / folder
@@ -268,14 +236,31 @@ def _discover(source: Path) -> list[tuple[str, str]]:
         if not files:
             raise BuildError(f"{root} holds no .parquet files")
         found += [(set_name, f"{folder}/{name}") for name in files]
-    return found
+    return found, {}, None
+
+
+def _from_release(source: Path, snap: release.Snapshot) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The shards upstream's configs `core` and `full` name (a file named by both is a core shard)."""
+    found, ignored = [], {f: release.NOT_NAMED for f in snap.unnamed}
+    for file, declared in snap.named.items():
+        sets = [config for config, _ in declared if config in SETS]
+        if sets:
+            found.append((min(sets, key=list(SETS).index), file))
+        else:
+            ignored[file] = f"named only by upstream configs KALE does not build ({declared[0][0]})"
+    if not found:
+        names = ", ".join(c.name for c in snap.configs)
+        raise BuildError(f"{source / 'README.md'} declares configs {names}, but no shard of config core or full "
+                         f"is under {source}: download one (e.g. `hf download {UPSTREAM_REPO} --repo-type dataset "
+                         f"--include '{SETS['core']}/*' --include README.md --local-dir RAW`)")
+    return sorted(found, key=lambda sf: (list(SETS).index(sf[0]), sf[1])), ignored
 
 
 def plan(options: Options) -> list[Task]:
     """Check every shard's footer, build (or reuse) the core/full index, then one task per row-group slice."""
     s = settings(options.settings, options.max_pixels, options.out)
     fields = _fields(options)
-    files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)]
+    files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)[0]]
     good = [f for f in files if f.error is None]
     index = _ensure_index(options.source, good, fields, s) if good else None
     if index is not None:
@@ -432,6 +417,9 @@ def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
     """The sets given (`files:<set>`: shards found) and the core/full comparison (`index:*`), for the card."""
     stats = {f"files:{set_name}": len({t.file for t in tasks if t.options["set"] == set_name})
              for set_name in SETS}
+    _, ignored, snap = _discover(options.source)
+    if snap is not None:
+        stats.update(snap.stats(ignored))
     index = next((t.options["index"] for t in tasks if t.options.get("index")), None)
     if index is None:
         return stats
@@ -479,8 +467,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     candidates = [c for c in items if isinstance(c, _Candidate)]
     results: Iterator[fetch.FetchResult | None] = iter([None] * len(candidates))
     if s.fetch_images and candidates:
-        cache = fetch.FetchCache(s.fetch_cache) if s.fetch_cache is not None else None
-        results = fetch.Fetcher.shared(s.fetch, cache).map(c.url for c in candidates)
+        results = setting_keys.fetcher(s.values, options.max_pixels, options.out).map(c.url for c in candidates)
     for item in items:
         if isinstance(item, Reject):
             yield item
@@ -604,7 +591,8 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                        "config `full` = `core` + `full_only`, so each config holds exactly its upstream set.")
     built_sets = ", ".join(f"`{n}` (`{SETS[n]}/*.parquet`)" for n in given) or "none"
     sets_note = (f"Sets given to this build: {built_sets}. A config whose upstream set was not given is not in "
-                 "this card's YAML (it would be empty), so `load_dataset` offers only the configs built.")
+                 "this card's YAML (it would be empty), so `load_dataset` offers only the configs built. "
+                 + release.card_note(stats)).rstrip()
     if s.fetch_images:
         f = s.fetch
         decoded = ("each image decoded completely by the build" if f.verify == "header"

@@ -142,3 +142,71 @@ def _matching(files: list[str], patterns: list[str]) -> list[str]:
 @lru_cache(maxsize=256)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return glob_regex(pattern)
+
+
+# --- a Hub snapshot as builders read it ----------------------------------------------------------------
+
+IGNORED_KEY = "layout:ignored_file:"
+"""Plan-stats key prefix: input files found but not read as rows, counted per reason (the card lists them)."""
+NOT_NAMED = "not named by any config in the upstream README.md"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the upstream README of `--source` maps: the candidate files found and the configs naming them."""
+
+    files: tuple[str, ...]
+    configs: tuple[ReleaseConfig, ...]
+
+    @property
+    def named(self) -> dict[str, list[tuple[str, str]]]:
+        """Each file a config names -> every (config, split) naming it, in README order. A builder reads each
+        file once, so a `default` config beside per-part configs naming the same files adds no rows."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for config in self.configs:
+            for split, group in config.splits.items():
+                for file in group:
+                    out.setdefault(file, []).append((config.name, split))
+        return out
+
+    @property
+    def unnamed(self) -> list[str]:
+        """Files found under `--source` that no config names (stray copies, extras): never read."""
+        named = self.named
+        return [f for f in self.files if f not in named]
+
+    def stats(self, ignored: Mapping[str, str]) -> dict[str, int]:
+        """Plan stats for the card: configs declared, and the files not read (`ignored`: file -> reason)."""
+        stats = {"release:configs": len(self.configs), "release:files_named": len(self.named)}
+        for why in ignored.values():
+            stats[IGNORED_KEY + why] = stats.get(IGNORED_KEY + why, 0) + 1
+        return stats
+
+
+def snapshot(source: Path, suffixes: tuple[str, ...]) -> Snapshot | None:
+    """The upstream map of `source`, or None without a README declaring `configs` (the builder then detects
+    its layout as before). A README whose configs cannot be read is a `BuildError` naming it."""
+    from hubsets import sources
+    from hubsets.builder import BuildError
+
+    if not (source / "README.md").is_file():
+        return None
+    files = sources.discover(source, suffixes)
+    try:
+        configs = read(source, files)
+    except ReleaseError as exc:
+        raise BuildError(f"{source / 'README.md'}: {exc}") from None
+    return Snapshot(tuple(files), tuple(configs)) if configs else None
+
+
+def card_note(stats: Mapping[str, int]) -> str:
+    """A card paragraph: whether the upstream README's configs chose the input files, and what was not read."""
+    lines = []
+    if stats.get("release:configs"):
+        lines.append(f"The input was read as the upstream `README.md` maps it: its {stats['release:configs']:,} "
+                     f"configs name {stats.get('release:files_named', 0):,} input files, and each named file was "
+                     "read once (a file named by several configs adds no rows).")
+    for key, n in sorted(stats.items()):
+        if key.startswith(IGNORED_KEY) and n:
+            lines.append(f"Input files not read as rows, {key.removeprefix(IGNORED_KEY)}: {n:,}.")
+    return " ".join(lines)

@@ -1,8 +1,8 @@
 """Builder `--set KEY=VALUE` options: declared once with type, default and help, parsed in one place.
 
 A builder lists its keys as `SETTINGS = (Setting(...), ...)`; `parse` turns the raw strings into typed
-values (unknown keys and malformed values raise `BuildError` naming the key and what is accepted), and
-`hubsets info NAME` prints the same declarations, so help and behaviour cannot drift apart.
+values (unknown keys and malformed values raise `SettingError`, a `BuildError`, naming the key and what is
+accepted), and `hubsets info NAME` prints the same declarations, so help and behaviour cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubsets import captions
 from hubsets.builder import BuildError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+class SettingError(BuildError, ValueError):
+    """A `--set` key that is unknown or a value that does not parse: a build error, and a bad value."""
 
 
 @dataclass(frozen=True)
@@ -33,19 +38,19 @@ class Setting:
         if self.kind == "bool":
             text = raw.strip().lower()
             if text not in _TRUE | _FALSE:
-                raise BuildError(f"--set {self.name}={raw!r}: expected true or false")
+                raise SettingError(f"--set {self.name}={raw[:80]}: expected true or false")
             return text in _TRUE
         if self.kind in ("int", "float"):
             convert: Callable[[str], Any] = int if self.kind == "int" else float
             try:
                 value = convert(raw)
             except ValueError:
-                raise BuildError(f"--set {self.name}={raw!r}: expected a number ({self.kind})") from None
+                raise SettingError(f"--set {self.name}={raw[:80]}: expected a number ({self.kind})") from None
             if self.minimum is not None and value < self.minimum:
-                raise BuildError(f"--set {self.name}={raw!r}: must be at least {self.minimum:g}")
+                raise SettingError(f"--set {self.name}={raw[:80]}: must be at least {self.minimum:g}")
             return value
         if self.choices and raw not in self.choices:
-            raise BuildError(f"--set {self.name}={raw!r}: expected one of {', '.join(self.choices)}")
+            raise SettingError(f"--set {self.name}={raw[:80]}: expected one of {', '.join(self.choices)}")
         return Path(raw) if self.kind == "path" else raw
 
     def describe(self) -> str:
@@ -58,7 +63,7 @@ def parse(builder_name: str, declared: Iterable[Setting], values: Mapping[str, s
     known = {s.name: s for s in declared}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise BuildError(f"unknown --set {', '.join(unknown)} for {builder_name}; known: {', '.join(known)} "
+        raise SettingError(f"unknown --set {', '.join(unknown)} for {builder_name}; known: {', '.join(known)} "
                          f"(see `hubsets info {builder_name}`)")
     return {name: s.parse(values[name]) if name in values else s.default for name, s in known.items()}
 
@@ -82,16 +87,34 @@ FETCH = (
 """The keys of every builder that downloads images by URL (KALE, SK-VQA and ALLaVA URL rows)."""
 
 
+def fetch_settings(values: Mapping[str, Any], max_pixels: int) -> Any:
+    """The `hubsets.fetch.FetchSettings` of parsed `FETCH` values."""
+    from hubsets import fetch
+
+    return fetch.FetchSettings(
+        concurrency=values["fetch_concurrency"], timeout=values["fetch_timeout"],
+        retries=values["fetch_retries"], backoff=values["fetch_backoff"], max_bytes=values["fetch_max_bytes"],
+        max_redirects=values["fetch_max_redirects"], max_pixels=max_pixels,
+        user_agent=values["fetch_user_agent"] or fetch.FetchSettings().user_agent,
+        retry_failures=values["fetch_retry_failures"], verify=values["fetch_verify"])
+
+
+def fetch_cache(values: Mapping[str, Any], out: Path | None) -> Path | None:
+    """`--set fetch_cache`, else `<out>/.cache/fetch` (None without an output folder: no cache)."""
+    folder: Path | None = values["fetch_cache"] or (out / ".cache" / "fetch" if out is not None else None)
+    return folder
+
+
 def fetcher(values: Mapping[str, Any], max_pixels: int, out: Path | None) -> Any:
     """A shared `hubsets.fetch.Fetcher` for parsed `FETCH` values (cache under `<out>/.cache/fetch`)."""
     from hubsets import fetch
 
-    defaults = fetch.FetchSettings()
-    fs = fetch.FetchSettings(
-        concurrency=values["fetch_concurrency"], timeout=values["fetch_timeout"],
-        retries=values["fetch_retries"], backoff=values["fetch_backoff"], max_bytes=values["fetch_max_bytes"],
-        max_redirects=values["fetch_max_redirects"], max_pixels=max_pixels,
-        user_agent=values["fetch_user_agent"] or defaults.user_agent,
-        retry_failures=values["fetch_retry_failures"], verify=values["fetch_verify"])
-    folder = values["fetch_cache"] or (out / ".cache" / "fetch" if out is not None else None)
-    return fetch.Fetcher.shared(fs, fetch.FetchCache(folder) if folder is not None else None)
+    folder = fetch_cache(values, out)
+    return fetch.Fetcher.shared(fetch_settings(values, max_pixels),
+                                fetch.FetchCache(folder) if folder is not None else None)
+
+
+CAPTION_PROMPT = Setting("caption_prompt", "str", captions.DEFAULT_PROMPT,
+                         "instruction of the user turn of a captioning exchange (rows that hold an image, or an "
+                         "embedding standing for one); checked by `hubsets.captions.prompt`")
+"""The same key for every caption builder (KALE, Synth²)."""
