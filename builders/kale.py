@@ -262,7 +262,7 @@ def plan(options: Options) -> list[Task]:
     fields = _fields(options)
     files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)[0]]
     good = [f for f in files if f.error is None]
-    index = _ensure_index(options.source, good, fields, s) if good else None
+    index = _ensure_index(options.source, good, fields, s) if good and not options.survey else None
     if index is not None:
         broken = json.loads((index / "summary.json").read_text(encoding="utf-8")).get("broken", {})
         files = [dataclasses.replace(f, error=("bad_parquet", broken[f.rel])) if f.rel in broken else f
@@ -283,7 +283,7 @@ def plan(options: Options) -> list[Task]:
         for part, (group, start, stop) in enumerate(slices):
             tasks.append(Task(f.rel, part, len(slices), {
                 **base, "row_group": group, "start": start, "stop": stop,
-                "index": str(index), "file_number": file_numbers[f.rel]}))
+                "index": index and str(index), "file_number": file_numbers[f.rel]}))
     return tasks
 
 
@@ -447,7 +447,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
         reason, detail = task.options["error"]
         raise sources.SourceError(task.file, 0, reason, detail, byte=0)
     status = np.load(Path(task.options["index"]) / "status" / f"{task.options['file_number']:05d}.npy",
-                     mmap_mode="r")
+                     mmap_mode="r") if task.options["index"] else np.zeros(task.options["file_rows"], np.uint8)
     start, stop = task.options["start"], task.options["stop"]
     items: list[_Candidate | Reject] = []
     failure: sources.SourceError | None = None

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from hubsets import release, settings, sources
-from hubsets.builder import READS, BuildError, Config, Item, Options, Partition, Reject, Row, RowError, Task
+from hubsets.builder import READS, BuildError, Config, Item, Options, Partition, Reject, Row, RowError, Survey, Task
 from hubsets.filters import Filter, contains_tokens, normalize_text
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
@@ -294,7 +294,8 @@ def plan(options: Options) -> list[Task]:
     """One task per data file. Ids are content (see `_qa_key`), so tasks need nothing from each other."""
     settings.parse(NAME, SETTINGS, options.settings)
     found = layout(options)
-    members = {name: str(_members_file(options, name, group)) for name, group in sorted(found.subsets.items())}
+    members = {} if options.survey else {name: str(_members_file(options, name, group))
+                                          for name, group in sorted(found.subsets.items())}
     reads = sorted({f for group in found.subsets.values() for f in group})
     tasks = []
     for file, split in found.data:
@@ -315,6 +316,42 @@ def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
     for name, group in found.subsets.items():
         stats[f"layout:upstream_subset_files:{name}"] = len(group)
     return stats
+
+
+def survey(options: Options, sample: Sequence[Item]) -> Survey:
+    """For `hubsets inspect` and the build's first lines: the layout, the row shape and columns of the first
+    data file, subset files read as membership, and list-string answers in the sample."""
+    found = layout(options)
+    mapping = _mapping(options)
+    shape, columns = "no readable row", {}
+    if found.data:
+        file = found.data[0][0]
+        try:
+            first = next((v for _, v in _rows(options.source / file, file) if isinstance(v, dict)), None)
+        except sources.SourceError:
+            first = None
+        if first is not None:
+            columns = {f: key for f, names in mapping.items() if (key := _pick(first, names)[0]) is not None}
+            shape = ("per-image rows with a QA list" if "qa" in columns else "per-image rows with parallel "
+                     "questions/answers" if "questions" in columns else "per-QA rows")
+    readme = bool(found.notes) and found.notes[0].startswith("upstream README.md")
+    where = "the upstream README.md configs" if readme else "folder names"
+    warnings = [f"upstream `{name}` subset ({len(group)} file(s), e.g. {group[0]}) beside the full set: matched "
+                "to its rows as membership (the card compares it with hubsets' filter), not read as more rows"
+                for name, group in sorted(found.subsets.items())]
+    rows = [item for item in sample if isinstance(item, Row)]
+    listed = sum(1 for r in rows if r.record["meta"].get("answers_from") == "list_string")
+    if listed:
+        warnings.append(f"{listed} of {len(rows)} sampled rows store answers as the string of a list (e.g. "
+                        "\"['Mount Everest', 'Everest']\"): parsed as literals into the candidate list, and "
+                        "counted in the card")
+    inferred = sum(1 for r in rows if r.record["meta"].get("origin_from") == "inferred")
+    notes = list(found.notes)
+    if inferred:
+        notes.append(f"{inferred} of {len(rows)} sampled rows have no source column: origin inferred from the "
+                     "image path or URL")
+    return Survey(layout=f"{shape}; files chosen by {where}", ignored=found.ignored, columns=columns,
+                  notes=notes, warnings=warnings)
 
 
 def _members_file(options: Options, name: str, files: list[str]) -> Path:

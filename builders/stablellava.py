@@ -127,7 +127,7 @@ def plan(options: Options) -> list[Task]:
         path = options.source / file
         if not path.is_file():
             continue
-        tasks += json_array_tasks(options.source, file, rows)
+        tasks += json_array_tasks(options.source, file, rows, survey=options.survey)
     return tasks
 
 

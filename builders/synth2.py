@@ -605,7 +605,7 @@ def plan(options: Options) -> list[Task]:
                          "captions.jsonl/.parquet rows use the fixed keys id, caption, embedding_file "
                          "[+ embedding_row] or embedding")
     name = _source_file(options.source)
-    shared = _shared_files(options.source, name)
+    shared = {} if options.survey else _shared_files(options.source, name)
     ctx = _Context(options.source, s, shared)
     reference: Embedding | None = None
     try:
@@ -621,6 +621,8 @@ def plan(options: Options) -> list[Task]:
     rows_per_task = max(1, min(100_000, s.task_bytes // max(1, len(reference.data) if reference else 1)))
     common = {"reference": ref, "shared": shared}
     tasks = []
+    if name.endswith(".jsonl") and options.survey:  # no scan for line offsets: one task from the start
+        return [Task(name, options={**common, "offset": 0, "first_row": 0, "rows": None})]
     if name.endswith(".jsonl"):
         starts = []
         with open(options.source / name, "rb") as f:

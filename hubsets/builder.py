@@ -98,14 +98,17 @@ class RowError(Exception):
         self.detail = detail
 
 
-def json_array_tasks(source: Path, file: str, rows_per_task: int) -> list[Task]:
+def json_array_tasks(source: Path, file: str, rows_per_task: int, *, survey: bool = False) -> list[Task]:
     """Tasks over byte-range slices of one large JSON array, so one file does not serialize a build.
 
     Slicing stops where the file does: the last slice reads on until the reader raises the file's
-    `SourceError`; a file that cannot even be opened is one task, whose reader raises it.
+    `SourceError`; a file that cannot even be opened is one task, whose reader raises it. With `survey`
+    (`Options.survey`) the file is not scanned: one task reads it from the start.
     """
     from hubsets import sources
 
+    if survey:
+        return [Task(file)]
     try:
         slices = sources.json_array_slices(source / file, file, rows_per_task)
     except sources.SourceError:
@@ -131,6 +134,10 @@ class Options:
     out: Path | None = None
     """The build's output folder (set by `hubsets.build`); builders may keep caches under `out/.cache`,
     which a rebuild never deletes."""
+    survey: bool = False
+    """Set by `hubsets inspect` (never by a build): `plan` makes no pass over whole inputs (indexes, subset
+    membership, byte slicing) and writes nothing; its tasks need only read their first rows as a build would
+    (one task may span a whole file: inspect stops after a sample)."""
 
 
 def positive_int_setting(options: Options, name: str, default: int) -> int:
@@ -147,8 +154,32 @@ def positive_int_setting(options: Options, name: str, default: int) -> int:
     return number
 
 
+@dataclass
+class Survey:
+    """What only the builder can say about a source, for `hubsets inspect` and the warnings `hubsets build`
+    prints first (the optional `survey` hook of `Builder`)."""
+
+    layout: str = ""
+    """The layout detected under `--source`, in words."""
+    ignored: Mapping[str, str] = field(default_factory=dict)
+    """Input-looking files that are not read as rows -> why."""
+    columns: Mapping[str, str] = field(default_factory=dict)
+    """Field -> the upstream column it is read from, as found in the sampled rows."""
+    notes: Sequence[str] = ()
+    """Facts about the input a maintainer should know (e.g. one config's files are absent)."""
+    warnings: Sequence[str] = ()
+    """What may make the build differ from what the maintainer expects, one line each."""
+
+
 class Builder(Protocol):
-    """The contract every module in `builders/` fulfils (module-level attributes + functions)."""
+    """The contract every module in `builders/` fulfils (module-level attributes + functions).
+
+    Optional hooks, looked up with `getattr`: `plan_stats`, `record_stats`, `reject_stats`, `output_stats`,
+    `card_sections` (the build and its card) and `survey(options, sample) -> Survey`: what the builder alone
+    knows about the source (layout, files it skips and why, column mapping, warnings), given the items
+    `read` yielded for a sample of first rows planned with `Options.survey`. Without it, `hubsets inspect`
+    reports what is generic: the files the tasks read, the others, upstream configs, rejects in the sample.
+    """
 
     NAME: str
     PRETTY_NAME: str
