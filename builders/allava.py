@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubsets import archives, fetch, sources
+from hubsets import archives, fetch, release, sources
 from hubsets import settings as setting_keys
 from hubsets.builder import (
     BuildError,
@@ -59,10 +60,10 @@ from hubsets.builder import (
     RowError,
     Task,
     json_array_tasks,
-    positive_int_setting,
 )
 from hubsets.llava import ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
+from hubsets.settings import Setting
 
 NAME = "allava"
 DATASET = "allava"
@@ -134,8 +135,31 @@ _BY_FILE = {**{s.file.rsplit("/", 1)[-1]: dataclasses.replace(s, file=s.file.rsp
 """Every input path -> its subset: the current per-subset folders, and the repo root, where revisions before
 May 2024 kept the same files (their LAION rows had a `url` and no `image`)."""
 SUBSET_NAMES = ("laion", "vflan", "text")
-FETCH_KEYS = tuple(k.name for k in setting_keys.FETCH)
-SETTINGS = ("vflan_images", "subsets", "rows_per_task", *FETCH_KEYS)
+CONFIG_ORIGINS = {"allava_laion": "laion", "allava_vflan": "vflan", "allava_text": "evol"}
+"""Upstream config -> origin: with the upstream README, a file's subset is the (config, split) naming it."""
+SETTINGS = (
+    Setting("vflan_images", "path", None, "the Vision-Flan images: the zip image_191-task_1k.zip or the folder it "
+            "extracts to (relative: to --source if there, else to the working directory; default "
+            "allava_vflan/images/ under --source)"),
+    Setting("subsets", "str", None, "comma-separated subsets to build, of laion, vflan, text (default: every "
+            "subset whose file is present)"),
+    Setting("rows_per_task", "int", None, "rows per task (default 1000 for image subsets, 20000 for text)",
+            minimum=1),
+    *setting_keys.FETCH,
+)
+SOURCE_LAYOUT = """\
+A Hub snapshot of `FreedomIntelligence/ALLaVA-4V`: its `README.md` YAML `configs` (`allava_laion`,
+`allava_vflan`: splits `caption` and `instruct`; `allava_text`: split `train`) name the JSON files, which are read
+as listed (each once); files no config names (the stray LAION copies in `allava_vflan/`, `others/`) are not read.
+Without a README the exact paths are read: `allava_laion/ALLaVA-{Caption,Instruct}-LAION-4V.json`,
+`allava_vflan/ALLaVA-{Caption,Instruct}-VFLAN-4V.json`, `allava_text/Evol-Instruct-GPT4-Turbo-143K.json`, or the same
+names at the repo root (revisions before May 2024, whose LAION rows have a `url` and no `image`: fetched with
+`--set fetch_images=true`). LAION images: `allava_laion/image_chunks/images_<N>.zip` (read in place) or the
+extracted `allava_laion/images/`. Vision-FLAN images are not in the repo: `image_191-task_1k.zip` from
+`Vision-Flan/vision-flan_191-task_1k`, at `allava_vflan/images/` or `--set vflan_images=PATH`."""
+DOWNLOAD = ("hf download FreedomIntelligence/ALLaVA-4V --repo-type dataset --local-dir allava-raw; and for VFLAN: "
+            "hf download Vision-Flan/vision-flan_191-task_1k image_191-task_1k.zip --repo-type dataset "
+            "--local-dir vflan (then --set vflan_images=vflan/image_191-task_1k.zip)")
 
 LAION_ZIPS = "allava_laion/image_chunks"
 LAION_FOLDER = "allava_laion/images"
@@ -148,10 +172,9 @@ IMAGE_EXTENSIONS = ("jpeg", "png", "gif", "webp", "mpo", "bmp", "tiff", "jpg")
 
 # --- settings and planning ---------------------------------------------------------------------------------
 
-def _check_settings(options: Options) -> None:
-    unknown = sorted(set(options.settings) - set(SETTINGS))
-    if unknown:
-        raise BuildError(f"unknown --set {', '.join(unknown)} for allava; known: {', '.join(SETTINGS)}")
+def _values(options: Options) -> dict[str, Any]:
+    """Every `--set` key, parsed (`hubsets.settings`): unknown keys and bad values fail in one place."""
+    return setting_keys.parse(NAME, SETTINGS, options.settings)
 
 
 def _located(source: Path, subset: Subset) -> Subset | None:
@@ -163,25 +186,50 @@ def _located(source: Path, subset: Subset) -> Subset | None:
     return None
 
 
-def _selected(options: Options) -> list[Subset]:
-    value = options.settings.get("subsets")
+def _from_release(snap: release.Snapshot) -> tuple[list[Subset], dict[str, str]]:
+    """The files the upstream configs name, each as the subset of the first (config, split) ALLaVA builds."""
+    found, ignored = [], {f: release.NOT_NAMED for f in snap.unnamed}
+    for file, declared in snap.named.items():
+        subset = next((s for config, split in declared for s in SUBSETS
+                       if s.origin == CONFIG_ORIGINS.get(config) and s.split == split), None)
+        if subset is None:
+            ignored[file] = "named only by upstream configs/splits this builder does not know"
+        else:
+            found.append(dataclasses.replace(subset, file=file))
+    order = {(s.origin, s.split): n for n, s in enumerate(SUBSETS)}
+    return sorted(found, key=lambda s: (order[(s.origin, s.split)], s.file)), ignored
+
+
+def _inputs(options: Options) -> tuple[list[Subset], dict[str, str], release.Snapshot | None]:
+    """The files to read, each with its subset (file set to its path); the files ignored (file -> why); and the
+    upstream README's map when `--source` has one (it then names the files, not the paths above)."""
+    snap = release.snapshot(options.source, (".json",))
+    if snap is not None:
+        present, ignored = _from_release(snap)
+    else:
+        present = [found for s in SUBSETS if (found := _located(options.source, s)) is not None]
+        ignored = {}
+    value = _values(options)["subsets"]
     if not value:
-        return [found for s in SUBSETS if (found := _located(options.source, s)) is not None]
+        return present, ignored, snap
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SUBSET_NAMES))
     if unknown:
         raise BuildError(f"--set subsets: unknown {', '.join(unknown)}; known: {', '.join(SUBSET_NAMES)}")
-    chosen = [s for s in SUBSETS if s.name in names]
     for name in names:
-        if not any(_located(options.source, s) for s in chosen if s.name == name):
+        if not any(s.name == name for s in present):
             files = ", ".join(s.file for s in SUBSETS if s.name == name)
+            where = (f"named by the upstream README.md's configs under {options.source}" if snap is not None else
+                     f"under {options.source}")
             raise BuildError(f"--set subsets={name}: none of its files ({files}, or the same names at the repo "
-                             f"root) is under {options.source}")
-    return [found for s in chosen if (found := _located(options.source, s)) is not None]
+                             f"root) is {where}")
+    left_out = {s.file: f"in a subset left out by --set subsets={value}" for s in present if s.name not in names}
+    return [s for s in present if s.name in names], {**ignored, **left_out}, snap
 
 
 def _rows_per_task(options: Options, subset: Subset) -> int:
-    return positive_int_setting(options, "rows_per_task", 20_000 if subset.origin == "evol" else 1_000)
+    rows: int | None = _values(options)["rows_per_task"]
+    return rows or (20_000 if subset.origin == "evol" else 1_000)
 
 
 def laion_zips(source: Path) -> list[Path]:
@@ -197,7 +245,7 @@ def laion_zips(source: Path) -> list[Path]:
 def vflan_root(options: Options) -> Path:
     """Where VFLAN images are: `--set vflan_images` (relative: to `--source` if it exists there, else to the
     working directory), default `allava_vflan/images/` under `--source`."""
-    value = options.settings.get("vflan_images")
+    value = _values(options)["vflan_images"]
     if not value:
         return options.source / VFLAN_DEFAULT
     path = Path(value).expanduser()
@@ -208,9 +256,7 @@ def vflan_root(options: Options) -> Path:
 
 def plan(options: Options) -> list[Task]:
     """One task per slice of `rows_per_task` rows of each selected file."""
-    _check_settings(options)
-    fetch_settings(options)
-    subsets = _selected(options)
+    subsets = _inputs(options)[0]
     origins = {s.origin for s in subsets if "/" in s.file}  # root-layout LAION rows are URLs: no local images
     if "laion" in origins and not laion_zips(options.source) and not (options.source / LAION_FOLDER).is_dir():
         raise BuildError(f"LAION images not found under {options.source}: expected {LAION_ZIPS}/images_<N>.zip "
@@ -222,16 +268,34 @@ def plan(options: Options) -> list[Task]:
                          "folder it extracts to); or leave VFLAN out with --set subsets=laion,text")
     tasks = []
     for subset in subsets:
-        tasks += json_array_tasks(options.source, subset.file, _rows_per_task(options, subset))
+        tasks += [dataclasses.replace(t, options={**t.options, "origin": subset.origin, "split": subset.split})
+                  for t in json_array_tasks(options.source, subset.file, _rows_per_task(options, subset))]
     return tasks
+
+
+def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
+    """The files read, each with its subset (`input:<origin>:<split>:<file>`), and those not read, for the card."""
+    subsets, ignored, snap = _inputs(options)
+    stats = {f"input:{s.origin}:{s.split}:{s.file}": 1 for s in subsets}
+    stats.update(snap.stats(ignored) if snap is not None else
+                 {release.IGNORED_KEY + why: n for why, n in Counter(ignored.values()).items()})
+    return stats
+
+
+def _subset_of(task: Task) -> Subset:
+    """The task's subset, with `file` its path (plan records origin and split: the README may name any path)."""
+    if "origin" not in task.options:
+        return _BY_FILE[task.file]
+    subset = next(s for s in SUBSETS if s.origin == task.options["origin"] and s.split == task.options["split"])
+    return dataclasses.replace(subset, file=task.file)
 
 
 # --- image resolvers -----------------------------------------------------------------------------------------
 
-def fetch_settings(options: Options) -> dict[str, object]:
-    """The parsed `fetch_*` keys (`hubsets.settings.FETCH`): URL-only LAION rows are fetched like KALE's."""
-    return setting_keys.parse(NAME, setting_keys.FETCH,
-                              {k: v for k, v in options.settings.items() if k in FETCH_KEYS})
+def fetch_settings(options: Options) -> dict[str, Any]:
+    """The parsed `--set` keys, `fetch_*` among them (`hubsets.settings.FETCH`): URL-only LAION rows are fetched
+    like KALE's."""
+    return _values(options)
 
 
 def _read_file(base: Path, rel: str) -> bytes | None:
@@ -326,7 +390,7 @@ class VflanImages:
 # --- reading ---------------------------------------------------------------------------------------------------
 
 def read(task: Task, options: Options) -> Iterator[Item]:
-    subset = _BY_FILE[task.file]
+    subset = _subset_of(task)
     resolver: LaionImages | VflanImages | None = None
     if subset.origin == "laion":
         resolver = LaionImages(options.source)
@@ -484,7 +548,12 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     lines = ["| file | config / split | upstream card (8a6e9bc) | GitHub README | read here | written | rejected |",
              "|---|---|---:|---:|---:|---:|---:|"]
     config_of = {c.name: c for c in CONFIGS}
-    for s in SUBSETS:
+    by_key = {(s.origin, s.split): s for s in SUBSETS}
+    inputs = [dataclasses.replace(by_key[(origin, split)], file=file)
+              for origin, split, file in (k.split(":", 3)[1:] for k in sorted(stats) if k.startswith("input:"))
+              if (origin, split) in by_key]
+    order = {key: n for n, key in enumerate(by_key)}
+    for s in sorted(inputs, key=lambda s: (order[(s.origin, s.split)], s.file)) or SUBSETS:
         written, rejected = stats.get(f"written:{s.file}", 0), stats.get(f"rejected:{s.file}", 0)
         config = next(name for name, c in config_of.items() if c.selects(Partition(s.split, s.origin, "none")))
         lines.append(f"| `{s.file}` | `{config}` / `{s.split}` | {s.card_counts[0]:,} | {s.card_counts[1]:,} | "
@@ -501,12 +570,14 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     for origin in ORIGINS:
         turns.append(f"| `{origin}` | " + " | ".join(f"{stats.get(f'turns:{origin}:{n}', 0):,}" for n in (1, 2, 3, 4))
                      + " |")
-    settings = manifest["options"]["settings"]
-    vflan = f"{Path(settings['vflan_images']).name}" if settings.get("vflan_images") else f"{VFLAN_DEFAULT}/"
+    settings = setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])
+    vflan = f"{Path(settings['vflan_images']).name}" if settings["vflan_images"] else f"{VFLAN_DEFAULT}/"
     fetched = sum(stats.get(k, 0) for k in stats if k.startswith("url_fetched:"))
     not_fetched = manifest["rejects"]["by_reason"].get("image_not_fetched", 0)
     url_rows = (f"{fetched:,} URL-only rows fetched and published, {not_fetched:,} left as `image_not_fetched` "
-                "rejects" + ("" if settings.get("fetch_images") in (None, "false") else " (fetching was on)"))
-    return {"counts_table": "\n".join(lines), "missing_images_table": "\n".join(missing), "url_rows": url_rows,
+                "rejects" + (" (fetching was on)" if settings["fetch_images"] else ""))
+    note = release.card_note(stats)
+    return {"counts_table": "\n".join(lines) + (f"\n\n{note}" if note else ""),
+            "missing_images_table": "\n".join(missing), "url_rows": url_rows,
             "turns_table": "\n".join(turns), "vflan_images": vflan}
 

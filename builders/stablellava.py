@@ -27,7 +27,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from hubsets import archives, sources
+from hubsets import archives, release, sources
+from hubsets import settings as setting_keys
 from hubsets.builder import (
     BuildError,
     Config,
@@ -38,10 +39,10 @@ from hubsets.builder import (
     RowError,
     Task,
     json_array_tasks,
-    positive_int_setting,
 )
 from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
+from hubsets.settings import Setting
 
 NAME = "stablellava"
 DATASET = "stablellava"
@@ -80,7 +81,20 @@ GENERATOR = "stabilityai/stable-diffusion-xl-base-1.0"
 ORIGINS = CATEGORIES
 FILTERS = ()
 PAPER_RETENTION: dict[str, dict[str, float]] = {}
-SETTINGS = ("images", "rows_per_task")
+SETTINGS = (
+    Setting("images", "path", None, "folder of the rendered images, <category>/<id>.jpg (relative: to --source if "
+            "there, else to the working directory); without it rows are text-only"),
+    Setting("rows_per_task", "int", None, "rows per task (default 1000 with images, 20000 without)", minimum=1),
+)
+SOURCE_LAYOUT = """\
+The `dataset/` folder of the GitHub repo `icoz69/StableLLAVA` (or the repo root: its `dataset/` is used): exactly
+the nine files action, animal, color, food, furniture, plant, profession, scene, vehicle `.json`, each one JSON
+array of `{id, image, prompt, question, answer}`; other files are not read. A Hub copy whose `README.md` YAML
+`configs` name the files is read as listed (each file once; a file counts when its name is a category's).
+Images are not released: render them from `prompt` (SD-XL) to `<category>/<id>.jpg` and pass
+`--set images=DIR`; without them rows are text-only and `<image>` is kept in `meta.image_slots`."""
+DOWNLOAD = ("git clone https://github.com/icoz69/StableLLAVA stablellava-raw  (then --source stablellava-raw/dataset; "
+            "upstream is on GitHub, not the Hub)")
 FIELDS = ("id", "image", "prompt", "question", "answer")
 
 
@@ -96,45 +110,78 @@ CONFIGS = (
 
 # --- planning --------------------------------------------------------------------------------------------------
 
+def _values(options: Options) -> dict[str, Any]:
+    return setting_keys.parse(NAME, SETTINGS, options.settings)
+
+
 def images_root(options: Options) -> Path | None:
     """`--set images=DIR` (relative: to `--source` if it exists there, else to the working directory)."""
-    value = options.settings.get("images")
-    if not value:
+    value: Path | None = _values(options)["images"]
+    if value is None:
         return None
-    path = Path(value).expanduser()
+    path = value.expanduser()
     if not path.is_absolute() and (options.source / path).is_dir():
         return options.source / path
     return path
 
 
 def _rows_per_task(options: Options) -> int:
-    return positive_int_setting(options, "rows_per_task", 1_000 if images_root(options) is not None else 20_000)
+    rows: int | None = _values(options)["rows_per_task"]
+    return rows or (1_000 if images_root(options) is not None else 20_000)
+
+
+def category_of(file: str) -> str | None:
+    """The category a file holds: its name's stem when that is one of `CATEGORIES`."""
+    stem = file.rsplit("/", 1)[-1].removesuffix(".json")
+    return stem if stem in CATEGORIES and file.endswith(".json") else None
+
+
+def _inputs(source: Path) -> tuple[list[str], dict[str, str], release.Snapshot | None]:
+    """The category files to read (relative paths), the files found and not read (file -> why), and the upstream
+    README's map when there is one. Without one: `<category>.json` in `--source`, else in `--source/dataset/`
+    (the GitHub repo's root was given)."""
+    snap = release.snapshot(source, (".json",))
+    if snap is not None:
+        ignored = {f: release.NOT_NAMED for f in snap.unnamed}
+        files: dict[str, str] = {}
+        for file in snap.named:
+            category = category_of(file)
+            if category is None:
+                ignored[file] = "named by an upstream config but not one of the nine category files"
+            elif category in files:
+                ignored[file] = f"a second `{category}` file named by the upstream configs (the first is read)"
+            else:
+                files[category] = file
+        return [files[c] for c in CATEGORIES if c in files], ignored, snap
+    folder = "" if any((source / f"{c}.json").is_file() for c in CATEGORIES) or not (source / "dataset").is_dir() \
+        else "dataset/"
+    return [f"{folder}{c}.json" for c in CATEGORIES if (source / f"{folder}{c}.json").is_file()], {}, None
 
 
 def plan(options: Options) -> list[Task]:
     """One task per slice of `rows_per_task` rows of each category file present."""
-    unknown = sorted(set(options.settings) - set(SETTINGS))
-    if unknown:
-        raise BuildError(f"unknown --set {', '.join(unknown)} for stablellava; known: {', '.join(SETTINGS)}")
     root = images_root(options)
     if root is not None and not root.is_dir():
         raise BuildError(f"--set images={options.settings['images']}: {root} is not a folder (it should hold "
                          "the rendered images as <category>/<id>.jpg)")
     rows = _rows_per_task(options)
     tasks = []
-    for category in CATEGORIES:
-        file = f"{category}.json"
-        path = options.source / file
-        if not path.is_file():
-            continue
-        tasks += json_array_tasks(options.source, file, rows, survey=options.survey)
+    for file in _inputs(options.source)[0]:
+        tasks += json_array_tasks(options.source, file, rows)
     return tasks
+
+
+def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
+    """The upstream README's configs, when read, and the files found and not read, for the card."""
+    _, ignored, snap = _inputs(options.source)
+    return snap.stats(ignored) if snap is not None else {}
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
 def read(task: Task, options: Options) -> Iterator[Item]:
-    category = task.file.removesuffix(".json")
+    category = category_of(task.file)
+    assert category is not None, task.file  # plan reads category files only
     root = images_root(options)
     # a file that stops parsing raises sources.SourceError here, after its readable rows (hubsets.builder)
     for row, value in sources.iter_json_array(options.source / task.file, task.file,
@@ -233,7 +280,7 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
         lines.append(f"| `{category}` | {UPSTREAM_COUNTS[category]:,} | {c['read']:,} | {c['written']:,} | "
                      f"{c['rejected']:,} | {stats.get(f'placement:{category}:start', 0):,} | "
                      f"{stats.get(f'placement:{category}:end', 0):,} |")
-    images = manifest["options"]["settings"].get("images")
+    images = setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])["images"]
     if images:
         note = (f"**Images:** rendered by the builder of this dataset (not by the StableLLaVA authors) and read "
                 f"from `<category>/<id>.jpg` under `{Path(images).name}/`. Upstream rendered with `{GENERATOR}` "
@@ -249,4 +296,6 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                 "newline) and recorded exactly in `meta.image_slots` (turn, character offset, removed text); "
                 "`hubsets export --format llava` puts it back, so the upstream question is reproduced byte for "
                 "byte.")
-    return {"counts_table": "\n".join(lines), "images_note": note, "generator": GENERATOR}
+    release_note = release.card_note(stats)
+    return {"counts_table": "\n".join(lines) + (f"\n\n{release_note}" if release_note else ""),
+            "images_note": note, "generator": GENERATOR}

@@ -37,10 +37,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hubsets import captions, sources
+from hubsets import captions, release, sources
+from hubsets import settings as setting_keys
 from hubsets.builder import READS, BuildError, Config, Item, Options, Reject, Row, RowError, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
+from hubsets.settings import Setting
 
 NAME = "synth2"
 DATASET = "synth2"
@@ -92,17 +94,27 @@ CLIP_FIELDS = ("id", "caption", "url")
 """`--column` fields of the clip layout: metadata columns `caption` and `url` by default; the id defaults to
 `<shard>/<row>` (row-aligned files have no other identity)."""
 
-SETTINGS = {
-    "encoder": "the model whose embedding space / token vocabulary the vectors belong to (required)",
-    "dtype": "dtype of inline `embedding` lists: float16, bfloat16, float32 (default) or int32",
-    "tensor": "tensor to read from .safetensors files holding several (default: the only one, else the row's "
-              "`tensor` column, else the row id)",
-    "task_bytes": "embedding bytes per task (default 67108864)",
-    "max_embedding_bytes": "largest embedding accepted (default 268435456)",
-    "caption_prompt": captions.SETTING,
-    "text_embeddings": "clip layout: keep each row's text_emb vector in meta.text_embedding (true, default) or "
-                       "drop them (false)",
-}
+SETTINGS = (
+    Setting("encoder", "str", None, "the model whose embedding space / token vocabulary the vectors belong to "
+            "(required)"),
+    Setting("dtype", "str", "float32", "dtype of inline `embedding` lists", choices=DTYPES),
+    Setting("tensor", "str", None, "tensor to read from .safetensors files holding several (default: the only "
+            "one, else the row's `tensor` column, else the row id)"),
+    Setting("task_bytes", "int", 64 << 20, "embedding bytes per task", minimum=1),
+    Setting("max_embedding_bytes", "int", 256 << 20, "largest embedding accepted, in bytes", minimum=1),
+    setting_keys.CAPTION_PROMPT,
+    Setting("text_embeddings", "bool", True, "clip layout: keep each row's text_emb vector in meta.text_embedding "
+            "(false drops them)"),
+)
+SOURCE_LAYOUT = """\
+User-generated (Synth² releases no data). Either `captions.jsonl` or `captions.parquet` (rows `id`, `caption`, and
+`embedding_file` [+ `embedding_row`, the row of a shared [N, ...] matrix] or an inline `embedding` list), with the
+`.npy` / `.safetensors` files it names under `--source`; or clip-retrieval's output: `img_emb/img_emb_N.npy`
+row-aligned with `metadata/metadata_N.parquet` (`caption`, `url`; `--column caption=NAME`), `text_emb/text_emb_N.npy`
+kept if present. A Hub snapshot whose `README.md` YAML `configs` name the captions file or the `metadata/` shards is
+read as listed (only the named shards; each once)."""
+DOWNLOAD = ("hf download ORG/NAME --repo-type dataset --local-dir synth2-raw  (your own upload; nothing is "
+            "released upstream)")
 
 
 @dataclass(frozen=True)
@@ -118,30 +130,15 @@ class Settings:
 
 
 def settings(values: Mapping[str, str]) -> Settings:
-    unknown = sorted(set(values) - set(SETTINGS))
-    if unknown:
-        raise ValueError(f"unknown --set {', '.join(unknown)} for synth2; known: {', '.join(SETTINGS)}")
-    encoder = (values.get("encoder") or "").strip()
+    """Parse `--set` values (`hubsets.settings`); `BuildError` without an encoder."""
+    v = setting_keys.parse(NAME, SETTINGS, values)
+    encoder = (v["encoder"] or "").strip()
     if not encoder:
         raise BuildError("synth2 needs --set encoder=NAME: the model that produced the embeddings (e.g. the VQ-GAN "
                          "or image encoder), stored with every row so users never mix embedding spaces")
-    dtype = values.get("dtype", "float32").strip().lower()
-    if dtype not in DTYPES:
-        raise ValueError(f"--set dtype={values['dtype']}: expected one of {', '.join(DTYPES)}")
-    numbers = {}
-    for key, default in (("task_bytes", 64 << 20), ("max_embedding_bytes", 256 << 20)):
-        try:
-            numbers[key] = int(values.get(key, default))
-        except ValueError:
-            raise ValueError(f"--set {key}={values[key]}: expected an integer") from None
-        if numbers[key] < 1:
-            raise ValueError(f"--set {key}: must be at least 1")
     origin = sources.path_segment(encoder).replace(".", "_")  # bounded; origins allow no dots
-    keep = values.get("text_embeddings", "true").strip().lower()
-    if keep not in ("true", "false"):
-        raise ValueError(f"--set text_embeddings={values['text_embeddings']}: expected true or false")
-    return Settings(encoder, origin, dtype, values.get("tensor") or None, numbers["task_bytes"],
-                    numbers["max_embedding_bytes"], captions.prompt(values), keep == "true")
+    return Settings(encoder, origin, v["dtype"], v["tensor"] or None, v["task_bytes"], v["max_embedding_bytes"],
+                    captions.prompt({"caption_prompt": v["caption_prompt"]}), v["text_embeddings"])
 
 
 # --- embeddings ------------------------------------------------------------------------------------------
@@ -540,6 +537,42 @@ def _source_file(source: Path) -> str:
     return present[0]
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What `plan` reads: the layout, its captions file (rows) or the shards to read (clip; None: all)."""
+
+    layout: str
+    name: str | None
+    shards: frozenset[str] | None
+    ignored: dict[str, str]
+    snap: release.Snapshot | None
+
+
+def _inputs(source: Path) -> _Inputs:
+    """From the upstream README's configs when `--source` has one (a Hub snapshot), else from the file names."""
+    snap = release.snapshot(source, (".jsonl", ".parquet"))
+    if snap is None:
+        layout = _layout(source)
+        return _Inputs(layout, _source_file(source) if layout == "rows" else None, None, {}, None)
+    folder, prefix, ext = CLIP["meta"]
+    rows = [f for f in snap.named if f.rsplit("/", 1)[-1] in SOURCE_FILES]
+    shards = {f: f[len(folder) + 1 + len(prefix):-len(ext)] for f in snap.named
+              if f.startswith(f"{folder}/{prefix}") and f.endswith(ext)}
+    shards = {f: suffix for f, suffix in shards.items() if _SHARD.fullmatch(suffix)}
+    if rows and shards or len(rows) > 1:
+        raise BuildError(f"{source / 'README.md'}: its configs name {', '.join((rows + list(shards))[:4])}: keep one "
+                         "captions file or the clip-retrieval shards, so every pair is read once")
+    if not rows and not shards:
+        raise BuildError(f"{source / 'README.md'}: its configs name neither {' nor '.join(SOURCE_FILES)} nor "
+                         f"clip-retrieval metadata shards ({folder}/{prefix}N{ext}) present under {source}")
+    ignored = {f: release.NOT_NAMED for f in snap.unnamed}
+    ignored.update({f: "named by an upstream config but neither a captions file nor a clip-retrieval metadata shard"
+                    for f in snap.named if f not in rows and f not in shards})
+    if rows:
+        return _Inputs("rows", rows[0], None, ignored, snap)
+    return _Inputs("clip", None, frozenset(shards.values()), ignored, snap)
+
+
 def _jsonl_rows(path: Path, offset: int = 0, first_row: int = 0, rows: int | None = None) -> Iterator[tuple[int, Any]]:
     """Lines `first_row ..` from byte `offset` (blank lines skipped and counted, a BOM skipped: `sources`)."""
     return sources.iter_jsonl(path, path.name, offset=offset, first_row=first_row, rows=rows)
@@ -598,8 +631,9 @@ def _shared_files(source: Path, name: str) -> dict[str, int]:
 def plan(options: Options) -> list[Task]:
     """Fix the config's dtype and shape from the first acceptable row, then slice the rows into tasks."""
     s = settings(options.settings)
-    if _layout(options.source) == "clip":
-        return _clip_plan(options, s)
+    inputs = _inputs(options.source)
+    if inputs.layout == "clip":
+        return _clip_plan(options, s, inputs.shards)
     if options.columns:
         raise ValueError("synth2 takes --column mappings (caption, url, id) for the clip-retrieval layout only: "
                          "captions.jsonl/.parquet rows use the fixed keys id, caption, embedding_file "
@@ -746,11 +780,17 @@ def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mappin
     return shard
 
 
-def _clip_plan(options: Options, s: Settings) -> list[Task]:
+def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
+    """The upstream README's configs, when read, and the input files found and not read, for the card."""
+    inputs = _inputs(options.source)
+    return inputs.snap.stats(inputs.ignored) if inputs.snap is not None else {}
+
+
+def _clip_plan(options: Options, s: Settings, only: frozenset[str] | None = None) -> list[Task]:
     """One task per slice of a shard's metadata row groups; the first good shard fixes dtype and row shape."""
     fields = _clip_fields(options)
     shards = [_clip_shard(options.source, suffix, files, fields, s)
-              for suffix, files in _clip_shards(options.source)]
+              for suffix, files in _clip_shards(options.source) if only is None or suffix in only]
     first = next((sh for sh in shards if sh.error is None), None)
     ref = None if first is None else {"dtype": first.dtype, "shape": list(first.row_shape)}
     tasks = []
@@ -864,7 +904,11 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                                               ("inline", "inline lists")))
     sources_line += (f"; {stats.get('matrix_rows', 0):,} of them are rows of a shared matrix (`embedding_row`, or "
                      f"the clip-retrieval layout), {stats.get('text_embeddings', 0):,} carry a text embedding")
-    prompt = captions.prompt(manifest["options"]["settings"])
+    prompt = captions.prompt({"caption_prompt": setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])[
+        "caption_prompt"]})
+    note = release.card_note(stats)
+    if note:
+        sources_line += f". {note.rstrip('.')}"
     messages = (f"user `[{{\"type\": \"image\"}}, {{\"type\": \"text\", \"text\": "
                 f"{json.dumps(prompt, ensure_ascii=False)}}}]`, assistant: the caption")
     return {"embedding_table": "\n".join(lines), "embedding_sources": sources_line, "messages": messages}

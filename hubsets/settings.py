@@ -47,11 +47,15 @@ class Setting:
             except ValueError:
                 raise SettingError(f"--set {self.name}={raw[:80]}: expected a number ({self.kind})") from None
             if self.minimum is not None and value < self.minimum:
-                raise SettingError(f"--set {self.name}={raw[:80]}: must be at least {self.minimum:g}")
+                positive = self.kind == "int" and self.minimum == 1
+                bound = "a positive integer" if positive else f"at least {self.minimum:g}"
+                raise SettingError(f"--set {self.name}={raw[:80]}: must be {bound}")
             return value
         if self.choices and raw not in self.choices:
             raise SettingError(f"--set {self.name}={raw[:80]}: expected one of {', '.join(self.choices)}")
-        return Path(raw) if self.kind == "path" else raw
+        if self.kind == "path":
+            return Path(raw) if raw.strip() else None  # `--set KEY=` leaves the default
+        return raw
 
     def describe(self) -> str:
         default = "(none)" if self.default is None else repr(self.default)
