@@ -269,7 +269,8 @@ def plan(options: Options) -> list[Task]:
     tasks = []
     for subset in subsets:
         tasks += [dataclasses.replace(t, options={**t.options, "origin": subset.origin, "split": subset.split})
-                  for t in json_array_tasks(options.source, subset.file, _rows_per_task(options, subset))]
+                  for t in json_array_tasks(options.source, subset.file, _rows_per_task(options, subset),
+                                            survey=options.survey)]
     return tasks
 
 

@@ -167,7 +167,7 @@ def plan(options: Options) -> list[Task]:
     rows = _rows_per_task(options)
     tasks = []
     for file in _inputs(options.source)[0]:
-        tasks += json_array_tasks(options.source, file, rows)
+        tasks += json_array_tasks(options.source, file, rows, survey=options.survey)
     return tasks
 
 
