@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hubsets
+from hubsets import progress
 from hubsets.builder import BuildError, Options
 
 
@@ -86,9 +87,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not Path(args.source).is_dir():
         raise CommandError(f"source folder {args.source} does not exist (or is not a folder): pass --source "
                            "the folder holding the upstream release")
+    if args.quiet:
+        progress.set_enabled(False)  # worker processes (their fetch progress) inherit it
     manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
                      ray_address=args.address, allow_bad_files=args.allow_bad_files,
-                     discard_staging=args.discard_staging)
+                     discard_staging=args.discard_staging, progress=False if args.quiet else None)
     _print_summary(manifest, Path(args.out))
     return 0
 
@@ -107,7 +110,9 @@ def _print_summary(manifest: dict, out: Path) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hubsets.validate import validate_folder
 
-    errors = validate_folder(Path(args.dir))
+    shown = progress.Progress("validate", unit="file", enabled=not args.quiet)
+    errors = validate_folder(Path(args.dir), shown)
+    shown.close(summary=not errors)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if errors:
@@ -165,6 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(Path(args.out), args.dataset)
 
 
+QUIET_HELP = ("no progress (a bar on a terminal, else a status line every 15 s or HUBSETS_PROGRESS_INTERVAL); "
+              "the result still prints")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubsets", description="Build, validate, publish and stream synthetic "
                                 "vision-language datasets as Hugging Face Hub datasets.")
@@ -193,9 +202,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--discard-staging", action="store_true",
                    help="delete the staged tasks (OUT/.hubsets-build) after a successful build; a rebuild then "
                         "redoes every task")
+    s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_build)
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
     s.add_argument("dir", help="a folder made by `hubsets build`")
+    s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("export", help="convert a built folder back to LLaVA JSON (+ images) or Cauldron parquet")
     s.add_argument("dir", help="a folder made by `hubsets build`")
@@ -229,8 +240,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-for", type=float, metavar="SECONDS",
                    help="keep retrying transient failures this long after the first (default 900, or "
                         "HUBSETS_PUSH_RETRY_FOR); 0 never retries")
-    s.add_argument("--quiet", action="store_true",
-                   help="no progress (bar on a terminal, else a status line every 15 s); the summary stays")
+    s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_push)
     s = sub.add_parser("demo", help="build a dataset's sample, serve it, push it and load it back with datasets")
     s.add_argument("--dataset", default="skvqa", help="which dataset's generated sample (default skvqa)")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import multiprocessing.util
 import os
 import random
 import select
@@ -61,7 +62,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import hubsets
-from hubsets import images
+from hubsets import images, progress
 
 MB = 1024 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -282,6 +283,7 @@ class Fetcher:
         self._ssl: ssl.SSLContext | None = None
         self._dead_hosts: dict[str, str] = {}
         """host -> the DNS answer that it does not exist (every other URL on it fails without a lookup)."""
+        self._shown: progress.Progress | None = None
 
     # --- public API --------------------------------------------------------------------------------
 
@@ -294,11 +296,13 @@ class Fetcher:
                 if cached.data is not None and self.settings.verify == "decode" and cached.verified != "decode":
                     cached = self._verify(cached)  # stored under a weaker check: decode it now, no download
                     self.cache.put(cached, self.settings)
+                self._report(cached)
                 return cached
         result = self._download(url)
         if self.cache is not None and self.cache.put(result, self.settings):
             self._count("cache_writes")
         self._count("ok" if result.ok else f"failed:{result.reason}")
+        self._report(result)
         return result
 
     def map(self, urls: Iterable[str]) -> Iterator[FetchResult]:
@@ -308,12 +312,15 @@ class Fetcher:
         others from starting; a URL repeated within the batch is fetched once.
         """
         executor = self._pool()
+        shown = self._progress()
         futures: dict[str, Future[FetchResult]] = {}
         order = []
         for url in urls:
             if url not in futures:
                 futures[url] = executor.submit(self.fetch, url)
             order.append(url)
+        if shown is not None:
+            shown.add_total(len(futures))
         for url in order:
             yield futures[url].result()
 
@@ -336,10 +343,14 @@ class Fetcher:
             return fetcher
 
     def close(self, wait: bool = True) -> None:
-        """Stop the threads (after pending downloads when `wait`) and close idle connections."""
+        """Stop the threads (after pending downloads when `wait`) and close idle connections; the progress
+        summary line is printed."""
         if self._executor is not None:
             self._executor.shutdown(wait=wait)
             self._executor = None
+        shown, self._shown = self._shown, None
+        if shown is not None:
+            shown.close()
         with self._lock:
             conns, self._all_conns = self._all_conns, set()
         for conn in conns:
@@ -357,6 +368,31 @@ class Fetcher:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="hubsets-fetch")
         return self._executor
+
+    def _progress(self) -> progress.Progress | None:
+        """The fetch's progress (`hubsets.progress`: URLs/s, MB/s, failures so far by reason), started with the
+        first batch unless progress is off. A worker process tags its lines with its pid. The summary line comes
+        at `close()`, or when the process ends for a shared fetcher (also in a worker process)."""
+        with self._lock:
+            if self._shown is None and progress.is_enabled():
+                label = f"fetch (pid {os.getpid()})" if progress.in_worker() else "fetch"
+                terminal = False if progress.in_worker() else None  # one bar per terminal: the build's
+                self._shown = progress.Progress(label, unit="URL", terminal=terminal)
+                multiprocessing.util.Finalize(self, self._shown.close, exitpriority=10)
+            return self._shown
+
+    def _report(self, result: FetchResult) -> None:
+        shown = self._shown
+        if shown is None:
+            return
+        if result.ok and not result.cached:
+            shown.update(1, bytes=len(result.data or b""))
+        else:
+            shown.update(1)
+        if result.cached:
+            shown.count("from cache")
+        if result.reason is not None:
+            shown.fail(result.reason)
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,9 +47,10 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub.utils.sha import git_hash
 
-from hubsets import card
-from hubsets.validate import validate_folder
+from hubsets import card, progress
 from hubsets.layout import sha256_file
+from hubsets.progress import human, plural
+from hubsets.validate import validate_folder
 
 log = logging.getLogger(__name__)
 REPO_TYPE = "dataset"
@@ -64,8 +64,6 @@ STALL_TIMEOUT_S = 180.0
 RETRY_FOR_S = 900.0
 """Seconds after the first failure during which a push keeps retrying (then it fails, naming the cause)."""
 STALL_ENV, RETRY_ENV = "HUBSETS_PUSH_STALL_TIMEOUT", "HUBSETS_PUSH_RETRY_FOR"
-STATUS_EVERY_S = 15.0
-"""Seconds between status lines when progress goes to a log rather than a terminal."""
 T = TypeVar("T")
 
 
@@ -90,27 +88,14 @@ class PushResult:
 
     def summary(self) -> str:
         """One line for the terminal."""
-        took = f" in {self.seconds:.1f} s" + (f" after {_plural(self.retries, 'retry', 'retries')}"
+        took = f" in {self.seconds:.1f} s" + (f" after {plural(self.retries, 'retry')}"
                                               if self.retries else "")
         if self.commit_url is None:
             return (f"{self.repo_id}@{self.revision} is already up to date: no commit made, 0 bytes uploaded"
                     f"{took}")
         where = f"pull request {self.pr_url}" if self.pr_url else self.commit_url
         return (f"pushed {self.repo_id}@{self.revision}: {len(self.added)} added, {len(self.changed)} changed, "
-                f"{len(self.deleted)} deleted, {_human(self.bytes_uploaded)} uploaded{took} -> {where}")
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n:,} {one if n == 1 else many}"
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+                f"{len(self.deleted)} deleted, {human(self.bytes_uploaded)} uploaded{took} -> {where}")
 
 
 @dataclass(frozen=True)
@@ -256,7 +241,7 @@ def _with_retries(action: Callable[[], T], token: str | None, policy: _Policy, p
             first_failure = now if first_failure is None else first_failure
             wait = min(BACKOFF_MAX_S, backoff) * random.uniform(0.8, 1.2)
             if now + wait - first_failure > policy.retry_for:
-                tried = _plural(attempts[0], "retry", "retries")
+                tried = plural(attempts[0], "retry", "retries")
                 raise PushError(_redact(
                     f"push failed after retrying for {now - first_failure:.0f} s ({tried}; the limit is "
                     f"{policy.retry_for:g} s, --retry-for): {_describe(err)}. Run the same command again when the "
@@ -284,17 +269,18 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     started = time.monotonic()
     folder = Path(folder)
     policy = _policy(stall_timeout, retry_for)
-    errors = validate_folder(folder)
-    if errors:
-        raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
     shown = progress if isinstance(progress, PushProgress) else PushProgress(enabled=progress)
-    shown.note("hashing the folder")
-    local = _with_card_for(folder, _local_files(folder), repo_id)
     sent = _Sent()
     retries = [0]
     with _xet_disabled_unless_hub(api.endpoint), _stall_timeout(policy.stall_timeout), shown.showing() as track:
+        shown.note("validating the folder")  # hashes every file: minutes on a large folder, so shown too
+        errors = validate_folder(folder)
+        if errors:
+            raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
+        shown.note("hashing the folder")
+        local = _with_card_for(folder, _local_files(folder), repo_id)
         shown.note("connecting")
         _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
                       secret, policy, shown, retries)
@@ -443,27 +429,25 @@ def _stall_timeout(seconds: float) -> Iterator[None]:
 # --- progress ----------------------------------------------------------------------------------------------
 
 class PushProgress:
-    """What a push shows while it runs (on `stream`, default stderr): on a terminal, one bar of bytes sent with
-    files done and the repo path in flight; elsewhere, one status line every `every` seconds. Nothing at all
-    when not `enabled`. huggingface_hub's own per-file bars are turned off meanwhile (they name only the
-    file's base name), except for Xet uploads with progress on, which read files themselves and report
-    through their own bar."""
+    """What a push shows while it runs (a `hubsets.progress.Progress` on `stream`, default stderr): on a
+    terminal, one bar of bytes sent with files done and the repo path in flight; elsewhere, one status line
+    every `every` seconds (default 15, `HUBSETS_PROGRESS_INTERVAL`). Nothing at all when not `enabled`.
+    huggingface_hub's own per-file bars are turned off meanwhile (they name only the file's base name), except
+    for Xet uploads with progress on, which read files themselves and report through their own bar."""
 
-    def __init__(self, stream: TextIO | None = None, *, every: float = STATUS_EVERY_S, enabled: bool = True,
+    def __init__(self, stream: TextIO | None = None, *, every: float | None = None, enabled: bool = True,
                  terminal: bool | None = None) -> None:
-        self.stream = stream or sys.stderr
+        self._stream = stream
         self.enabled = enabled
-        self.every = every
-        self.terminal = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) \
-            if terminal is None else terminal
+        self.every = progress.interval() if every is None else every
+        self._terminal = terminal
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
         self._sent: dict[str, int] = {}
         self._current: str | None = None
         self._note = "starting"
         self._started = time.monotonic()
-        self._bar: Any = None
-        self._last_draw = 0.0
+        self._shown: progress.Progress | None = None
 
     def note(self, text: str) -> None:
         """What the push is doing when no file is in flight (planning, retrying, ...)."""
@@ -476,10 +460,9 @@ class PushProgress:
         commit is made)."""
         with self._lock:
             first, self._sizes, self._sent = not self._sizes, dict(sizes), {}
-            self._note, self._current = f"uploading {_plural(len(sizes), 'file', 'files')}", None
-        if self.enabled and not self.terminal and first:  # a log shows at once what the push is about to do
-            print(f"push: {_plural(len(sizes), 'file', 'files')} ({_human(sum(sizes.values()))}) to upload",
-                  file=self.stream, flush=True)
+            self._note, self._current = f"uploading {plural(len(sizes), 'file')}", None
+        if self._shown is not None and not self._shown.terminal and first:  # a log shows at once what comes
+            self._shown.print(f"push: {plural(len(sizes), 'file')} ({human(sum(sizes.values()))}) to upload")
         self._draw(force=True)
 
     def sent(self, path: str, position: int) -> None:
@@ -494,12 +477,18 @@ class PushProgress:
 
     def status(self) -> str:
         """One line: bytes and files sent of those planned, and the file in flight (or what is happening)."""
+        return f"push: {self._describe()}"
+
+    def _describe(self) -> str:
         sent, total, done, files, doing = self._state()
         elapsed = time.monotonic() - self._started
         if not files:
-            return f"push: {doing} ({elapsed:.0f} s)"
-        return (f"push: {_human(sent)} of {_human(total)}, {done} of {_plural(files, 'file', 'files')} sent; "
-                f"{doing} ({elapsed:.0f} s)")
+            return f"{doing} ({elapsed:.0f} s)"
+        return f"{human(sent)} of {human(total)}, {done} of {plural(files, 'file')} sent; {doing} ({elapsed:.0f} s)"
+
+    def _postfix(self) -> str:
+        _, _, done, files, doing = self._state()
+        return f"{done}/{files} files, {doing}" if files else doing
 
     def _state(self) -> tuple[int, int, int, int, str]:
         """(bytes sent, bytes planned, files done, files planned, what is happening)."""
@@ -512,17 +501,13 @@ class PushProgress:
         return [p for p, size in self._sizes.items() if self._sent.get(p, -1) >= size]
 
     def _draw(self, force: bool = False) -> None:
-        if self._bar is None:
+        shown = self._shown
+        if shown is None or not shown.terminal:
             return
-        now = time.monotonic()
-        if not force and now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        sent, total, done, files, doing = self._state()
-        self._bar.total = total or None
-        self._bar.n = sent
-        self._bar.set_postfix_str(f"{done}/{files} files, {doing}" if files else doing, refresh=False)
-        self._bar.refresh()
+        sent, total, *_ = self._state()
+        shown.set(sent, total=total)
+        if force:
+            shown.refresh()
 
     @contextmanager
     def showing(self) -> Iterator[bool]:
@@ -531,28 +516,14 @@ class PushProgress:
         quiet_hf = (track or not self.enabled) and not are_progress_bars_disabled()
         if quiet_hf:
             disable_progress_bars()
-        stop = threading.Event()
-        ticker = None
-        if self.enabled and self.terminal:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=0, unit="B", unit_scale=True, desc="push", file=self.stream, leave=False)
-        elif self.enabled:
-            def tick() -> None:
-                while not stop.wait(self.every):
-                    print(self.status(), file=self.stream, flush=True)
-
-            ticker = threading.Thread(target=tick, name="hubsets-push-status", daemon=True)
-            ticker.start()
+        self._shown = progress.Progress("push", unit="B", stream=self._stream, enabled=self.enabled,
+                                        terminal=self._terminal, every=self.every, describe=self._describe,
+                                        postfix=self._postfix)
         try:
             yield track
         finally:
-            stop.set()
-            if ticker is not None:
-                ticker.join()
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
+            self._shown.close(summary=False)  # the caller prints `PushResult.summary()`
+            self._shown = None
             if quiet_hf:
                 enable_progress_bars()
 

@@ -107,6 +107,7 @@ class Progress:
         self.rows = 0
         self.bytes = 0
         self.failures: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
         self._doing: str | None = None
         self._note: str | None = None
         self._started = time.monotonic()
@@ -161,6 +162,11 @@ class Progress:
             self.failures[reason] += n
         self._draw()
 
+    def count(self, name: str, n: int = 1) -> None:
+        """`n` more of something worth a number in the status (`cached`, `retried`): shown as `N name`."""
+        with self._lock:
+            self.counts[name] += n
+
     def doing(self, item: str | None) -> None:
         """The item in flight (a file's path, a URL), shown until the next one or a `note`."""
         with self._lock:
@@ -212,19 +218,20 @@ class Progress:
         with self._lock:
             n, total, rows, size = self.n, self.total, self.rows, self.bytes
             failures = sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0]))
+            counts = sorted(self.counts.items())
             doing = f"{self._doing}" if self._doing else self._note
         seconds = self.elapsed()
-        units = self.unit if n == 1 and self.unit != "B" else self.units
-        if total and not final:
-            head = f"{self._count(n)} of {self._count(total)} {units} ({100 * n / total:.0f}%)"
-        else:
-            head = f"{self._count(n)} {units}"
-        parts = [head + (f" ({self._count(round(_rate(n, seconds)))} {self.units}/s)" if n and seconds >= 1
-                         else "")]
+        units = self.unit if n == 1 and self.unit != "B" and not (total and not final) else self.units
+        notes = [f"{100 * n / total:.0f}%"] if total and not final else []
+        if n and seconds >= 1:
+            notes.append(f"{self._count(round(_rate(n, seconds)))} {self.units}/s")
+        head = f"{self._count(n)} of {self._count(total)}" if total and not final else self._count(n)
+        parts = [f"{head} {units}" + (f" ({', '.join(notes)})" if notes else "")]
         if rows:
             parts.append(f"{plural(rows, 'row')} ({_rate(rows, seconds):,.0f} rows/s)")
         if size:
             parts.append(f"{human(size)} ({human(_rate(size, seconds))}/s)")
+        parts += [f"{k:,} {name}" for name, k in counts]
         if failures:
             failed = sum(k for _, k in failures)
             parts.append(f"{failed:,} failed (" + ", ".join(f"{reason} {k:,}" for reason, k in failures[:6])
@@ -304,4 +311,5 @@ def _isatty(stream: TextIO) -> bool:
 def _write(stream: TextIO, line: str) -> None:
     """Print `line` and flush; a stream already closed (interpreter exit, a test harness) is skipped."""
     with suppress(ValueError, OSError):
-        print(line, file=stream, flush=True)
+        stream.write(line + "\n")  # one write: lines of worker processes sharing a pipe stay whole
+        stream.flush()

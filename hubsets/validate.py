@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from hubsets.schema import ARROW_SCHEMA
 from hubsets.layout import sha256_file
+from hubsets.progress import Progress
+from hubsets.schema import ARROW_SCHEMA
 
 MANIFEST = "hubsets.json"
 
@@ -34,10 +35,13 @@ def read_card_yaml(readme: Path) -> dict[str, Any]:
     return data
 
 
-def validate_folder(folder: Path) -> list[str]:
-    """All inconsistencies found in `folder` (empty when it is ready to push)."""
+def validate_folder(folder: Path, progress: Progress | None = None) -> list[str]:
+    """All inconsistencies found in `folder` (empty when it is ready to push). Hashing every file is most of
+    the time on a large folder: `progress` counts files and bytes checked and names the file in flight."""
     errors: list[str] = []
     manifest_path, readme = folder / MANIFEST, folder / "README.md"
+    if progress is not None:
+        progress.note(f"reading {MANIFEST} and the card")
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
     if not manifest_path.is_file():
@@ -52,45 +56,57 @@ def validate_folder(folder: Path) -> list[str]:
         card = read_card_yaml(readme)
     except (ValueError, yaml.YAMLError) as exc:
         return [f"README.md: {exc}"]
-    errors += _check_files(folder, manifest)
+    errors += _check_files(folder, manifest, progress)
     if not any(c["written"] for c in manifest.get("origins", {}).values()):
         return errors + ["no rows were written (every input row was rejected; see rejects/rejects.jsonl)"]
+    if progress is not None:
+        progress.note("checking configs and counts")
     errors += _check_configs(folder, manifest, card)
     errors += _check_accounting(folder, manifest)
     return errors
 
 
-def _check_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
+def _check_files(folder: Path, manifest: dict[str, Any], progress: Progress | None = None) -> list[str]:
     errors = []
     files: dict[str, Any] = manifest.get("files", {})
     expected_schema = ARROW_SCHEMA
+    if progress is not None:
+        progress.add_total(len(files))
     for rel, entry in sorted(files.items()):
-        path = folder / rel
-        if not path.is_file():
-            errors.append(f"{rel}: listed in {MANIFEST} but missing")
-            continue
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            errors.append(f"{rel}: {size} bytes on disk, {entry['bytes']} in {MANIFEST} (truncated or edited)")
-            continue
-        try:
-            footer = pq.read_metadata(path)
-            schema = pq.read_schema(path)
-        except (pa.ArrowException, OSError) as exc:
-            errors.append(f"{rel}: not a readable parquet file ({str(exc).splitlines()[0]})")
-            continue
-        if footer.num_rows != entry["rows"]:
-            errors.append(f"{rel}: {footer.num_rows} rows in the footer, {entry['rows']} in {MANIFEST}")
-        if not schema.equals(expected_schema, check_metadata=False):
-            errors.append(f"{rel}: parquet schema differs from the unified schema")
-        elif (schema.metadata or {}).get(b"huggingface") != (expected_schema.metadata or {}).get(b"huggingface"):
-            errors.append(f"{rel}: parquet schema lacks the unified HF features metadata")
-        if sha256_file(path) != entry["sha256"]:
-            errors.append(f"{rel}: sha256 differs from {MANIFEST} (file edited after the build)")
+        if progress is not None:
+            progress.doing(rel)
+        errors += _check_file(folder, rel, entry, expected_schema)
+        if progress is not None:
+            progress.update(1, bytes=entry["bytes"] if isinstance(entry.get("bytes"), int) else 0)
     on_disk = {p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*.parquet")} \
         if (folder / "data").is_dir() else set()
     for rel in sorted(on_disk - set(files)):
         errors.append(f"{rel}: parquet file not listed in {MANIFEST} (left over from another build?)")
+    return errors
+
+
+def _check_file(folder: Path, rel: str, entry: dict[str, Any], expected_schema: pa.Schema) -> list[str]:
+    """The problems of one listed file (empty when its size, footer, schema and sha256 match the manifest)."""
+    path = folder / rel
+    if not path.is_file():
+        return [f"{rel}: listed in {MANIFEST} but missing"]
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return [f"{rel}: {size} bytes on disk, {entry['bytes']} in {MANIFEST} (truncated or edited)"]
+    try:
+        footer = pq.read_metadata(path)
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        return [f"{rel}: not a readable parquet file ({str(exc).splitlines()[0]})"]
+    errors = []
+    if footer.num_rows != entry["rows"]:
+        errors.append(f"{rel}: {footer.num_rows} rows in the footer, {entry['rows']} in {MANIFEST}")
+    if not schema.equals(expected_schema, check_metadata=False):
+        errors.append(f"{rel}: parquet schema differs from the unified schema")
+    elif (schema.metadata or {}).get(b"huggingface") != (expected_schema.metadata or {}).get(b"huggingface"):
+        errors.append(f"{rel}: parquet schema lacks the unified HF features metadata")
+    if sha256_file(path) != entry["sha256"]:
+        errors.append(f"{rel}: sha256 differs from {MANIFEST} (file edited after the build)")
     return errors
 
 
