@@ -638,7 +638,8 @@ def plan(options: Options) -> list[Task]:
         raise ValueError("synth2 takes --column mappings (caption, url, id) for the clip-retrieval layout only: "
                          "captions.jsonl/.parquet rows use the fixed keys id, caption, embedding_file "
                          "[+ embedding_row] or embedding")
-    name = _source_file(options.source)
+    name = inputs.name
+    assert name is not None  # the rows layout always has its captions file
     shared = {} if options.survey else _shared_files(options.source, name)
     ctx = _Context(options.source, s, shared)
     reference: Embedding | None = None

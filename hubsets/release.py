@@ -203,9 +203,10 @@ def card_note(stats: Mapping[str, int]) -> str:
     """A card paragraph: whether the upstream README's configs chose the input files, and what was not read."""
     lines = []
     if stats.get("release:configs"):
-        lines.append(f"The input was read as the upstream `README.md` maps it: its {stats['release:configs']:,} "
-                     f"configs name {stats.get('release:files_named', 0):,} input files, and each named file was "
-                     "read once (a file named by several configs adds no rows).")
+        configs, files = stats["release:configs"], stats.get("release:files_named", 0)
+        lines.append(f"The input was read as the upstream `README.md` maps it: its {configs:,} "
+                     f"config{'s name' if configs != 1 else ' names'} {files:,} input file{'s' if files != 1 else ''}, "
+                     "and each named file was read once (a file named by several configs adds no rows).")
     for key, n in sorted(stats.items()):
         if key.startswith(IGNORED_KEY) and n:
             lines.append(f"Input files not read as rows, {key.removeprefix(IGNORED_KEY)}: {n:,}.")
