@@ -326,9 +326,11 @@ def survey(options: Options, sample: Sequence[Item]) -> Survey:
     shape, columns = "no readable row", {}
     if found.data:
         file = found.data[0][0]
-        try:
-            first = next((v for _, v in _rows(options.source / file, file) if isinstance(v, dict)), None)
-        except sources.SourceError:
+        try:  # a parquet file's columns from its footer: its first row group may be hundreds of MB
+            first = (dict.fromkeys(pq.read_schema(options.source / file).names)
+                     if file.lower().endswith(sources.PARQUET_SUFFIXES) else
+                     next((v for _, v in _rows(options.source / file, file) if isinstance(v, dict)), None))
+        except (sources.SourceError, OSError, ValueError):
             first = None
         if first is not None:
             columns = {f: key for f, names in mapping.items() if (key := _pick(first, names)[0]) is not None}

@@ -89,10 +89,29 @@ def cmd_build(args: argparse.Namespace) -> int:
                            "the folder holding the upstream release")
     if args.quiet:
         progress.set_enabled(False)  # worker processes (their fetch progress) inherit it
+    from hubsets.inspect import build_warnings
+
+    for warning in build_warnings(args.name, options):  # what `hubsets inspect` warns of, first, one line each
+        print(f"hubsets: warning: {_one_line(warning)}", file=sys.stderr)
     manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
                      ray_address=args.address, allow_bad_files=args.allow_bad_files,
                      discard_staging=args.discard_staging, progress=False if args.quiet else None)
     _print_summary(manifest, Path(args.out))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from hubsets import registry
+    from hubsets.inspect import dumps, inspect, render
+
+    if args.name not in registry.names():
+        raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(registry.names())}")
+    if args.rows < 0:
+        raise UsageError("--rows must be 0 or more")
+    options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
+                      settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
+    report = inspect(args.name, options, shown=args.rows)
+    print(dumps(report) if args.json else render(report))
     return 0
 
 
@@ -204,6 +223,17 @@ def parser() -> argparse.ArgumentParser:
                         "redoes every task")
     s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_build)
+    s = sub.add_parser("inspect", help="what a build would do, in seconds: files, layout, columns, configs, "
+                       "warnings, sample rows")
+    s.add_argument("name", help="dataset name (see `hubsets list`)")
+    s.add_argument("--source", required=True, help="folder holding the upstream release")
+    s.add_argument("--column", action="append", metavar="NAME=UPSTREAM", help="map a field to an upstream column")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="builder-specific setting (as for build)")
+    s.add_argument("--revision", help="upstream revision (commit sha) the source was taken from")
+    s.add_argument("--max-pixels", type=int, default=64_000_000, help="reject images larger than this")
+    s.add_argument("--rows", type=int, default=3, help="mapped sample rows to show (default 3)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_inspect)
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
     s.add_argument("dir", help="a folder made by `hubsets build`")
     s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
