@@ -18,11 +18,13 @@ format go through Pillow. EXIF orientation is applied after the resize, on the s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -33,9 +35,15 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from hubsets.images import DEFAULT_MAX_PIXELS, ImageError
+from hubsets.loader.sizes import fit_size, longest_size
 
-Resize = Literal["crop", "pad", "stretch"]
-RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
+Resize = Literal["crop", "pad", "stretch", "fit", "longest"]
+RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch", "fit", "longest")
+VARIABLE_MODES: tuple[str, ...] = ("fit", "longest")
+"""Modes whose output size follows each image's aspect ratio: a batch packs them (see collate.py)."""
+FIT_MIN_PIXELS = 56 * 56
+FIT_MAX_PIXELS = 28 * 28 * 1280
+"""Qwen2-VL's image processor defaults (`size={"shortest_edge": ..., "longest_edge": ...}`)."""
 _DCT_SCALES = (8, 4, 2, 1)
 _ORIENTATION_TAG = 0x0112
 
@@ -47,12 +55,21 @@ class DecodeOptions:
     image_size: int = 336
     resize: Resize = "crop"
     """crop: shorter side to `image_size`, centre crop; pad: longer side to `image_size`, centred on a
-    `pad_value` square; stretch: both sides to `image_size`, aspect ratio not kept."""
+    `pad_value` square; stretch: both sides to `image_size`, aspect ratio not kept. Each image its own size:
+    fit: Qwen2-VL's smart_resize (sides multiples of `multiple_of`, area within [`fit_min_pixels`,
+    `fit_max_pixels`]; `image_size` unused); longest: longer side to `image_size` (sides rounded to
+    multiples of `multiple_of`)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
-    """Images with more pixels (read from the header, before decoding) are rejected as too large."""
+    """Images with more pixels (read from the header, before decoding) are rejected as too large: a safety
+    cap on the decoded image, not the fit target (`fit_max_pixels`)."""
     reduce: bool = True
     """Decode JPEGs at reduced size; False decodes at full size (only to measure the reduced path)."""
     pad_value: int = 0
+    multiple_of: int | None = None
+    """fit/longest: each output side a multiple of this. None: 28 for fit (Qwen2-VL's patch 14 x merge 2),
+    1 for longest."""
+    fit_min_pixels: int = FIT_MIN_PIXELS
+    fit_max_pixels: int = FIT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -61,6 +78,34 @@ class DecodeOptions:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if not 0 <= self.pad_value <= 255:
             raise ValueError(f"pad_value must be in 0..255, got {self.pad_value}")
+        if self.multiple_of is not None and (self.multiple_of < 1 or not self.variable):
+            raise ValueError(f"multiple_of={self.multiple_of}: needs a positive value and resize='fit' or "
+                             f"'longest' (resize={self.resize!r})")
+        if not 1 <= self.fit_min_pixels <= self.fit_max_pixels:
+            raise ValueError(f"need 1 <= fit_min_pixels <= fit_max_pixels, got {self.fit_min_pixels} and "
+                             f"{self.fit_max_pixels}")
+
+    @property
+    def variable(self) -> bool:
+        """Whether every image has its own output size (packed in a batch) rather than a square."""
+        return self.resize in VARIABLE_MODES
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a `height` x `width` image is resampled to (symmetric: a transposed image
+        gets the transposed size, so it does not matter whether the stored or upright size is given)."""
+        side = self.image_size
+        if self.resize == "fit":
+            try:
+                return fit_size(height, width, multiple_of=self.multiple_of or 28,
+                                min_pixels=self.fit_min_pixels, max_pixels=self.fit_max_pixels)
+            except ValueError as exc:
+                raise ImageError("image_aspect_ratio", str(exc)) from None
+        if self.resize == "longest":
+            return longest_size(height, width, side, self.multiple_of or 1)
+        if self.resize == "pad":
+            longest = max(width, height)
+            return max(1, round(height * side / longest)), max(1, round(width * side / longest))
+        return side, side
 
 
 @dataclass(frozen=True)
@@ -80,12 +125,7 @@ def geometry(width: int, height: int, options: DecodeOptions, max_scale: int = 8
     dataset's images come in a few sizes.
 
     Orientation does not matter here: every mode is symmetric under flips and transposes."""
-    side = options.image_size
-    if options.resize == "pad":
-        longest = max(width, height)
-        size = (max(1, round(height * side / longest)), max(1, round(width * side / longest)))
-    else:
-        size = (side, side)
+    size = options.output_size(height, width)
     for scale in _DCT_SCALES:
         if scale > max_scale:
             continue
@@ -102,12 +142,33 @@ def geometry(width: int, height: int, options: DecodeOptions, max_scale: int = 8
 
 
 def decode(data: bytes | memoryview, options: DecodeOptions) -> torch.Tensor:
-    """Decode one image to a new uint8 tensor [3, S, S] (channels-last memory, like a batch's slots);
-    raises `ImageError` for unusable bytes."""
-    out = torch.empty((1, 3, options.image_size, options.image_size), dtype=torch.uint8,
-                      memory_format=torch.channels_last)
+    """Decode one image to a new uint8 tensor [3, S, S], or [3, h, w] for resize="fit"/"longest"
+    (channels-last memory, like a batch's slots); raises `ImageError` for unusable bytes."""
+    height, width = output_shape(data, options) if options.variable else (options.image_size,) * 2
+    out = torch.empty((1, 3, height, width), dtype=torch.uint8, memory_format=torch.channels_last)
     decode_into(data, out, options)
     return out[0]
+
+
+def output_shape(data: bytes | memoryview, options: DecodeOptions) -> tuple[int, int]:
+    """The upright (height, width) `decode` will give the image, from its header alone (microseconds for
+    a JPEG): what a batch of variably sized images is allocated from before any is decoded. Raises
+    `ImageError` as decoding would for a bad header or an image over `max_pixels`."""
+    if len(data) == 0:
+        raise ImageError("image_empty", "zero bytes")
+    if is_jpeg(data):
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as exc:
+            raise ImageError("image_corrupt", f"unreadable JPEG header: {exc}") from None
+        orientation = jpeg_orientation(data)
+    else:
+        with _open_pillow(data) as image:
+            width, height = image.size
+            orientation = _pillow_orientation(image)
+    _check_size(width, height, options)
+    size = geometry(width, height, options).size
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 def decode_into(data: bytes | memoryview, out: torch.Tensor, options: DecodeOptions) -> None:
@@ -190,12 +251,12 @@ def place(pixels: torch.Tensor, geo: Geometry, orientation: int, out: torch.Tens
     """Apply the EXIF orientation to the resized pixels and write them centred into `out`."""
     pixels = orient(pixels, orientation)
     height, width = pixels.shape[-2:]
-    side = out.shape[-1]
-    if (height, width) == (side, side):
+    out_height, out_width = out.shape[-2:]
+    if (height, width) == (out_height, out_width):
         out.copy_(pixels)
         return
     out.fill_(pad_value)
-    top, left = (side - height) // 2, (side - width) // 2
+    top, left = (out_height - height) // 2, (out_width - width) // 2
     out[:, top:top + height, left:left + width].copy_(pixels)
 
 
@@ -244,7 +305,14 @@ def _scale_of(shape: tuple[int, ...], width: int, height: int, scale: int) -> in
     raise ImageError("image_corrupt", f"decoder returned {tuple(shape)} for a {height}x{width} header")
 
 
-def _decode_pillow(data: bytes | memoryview, options: DecodeOptions, max_scale: int) -> Decoded:
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
+"""What Pillow raises for damaged data past the header."""
+
+
+@contextlib.contextmanager
+def _open_pillow(data: bytes | memoryview) -> Iterator[Image.Image]:
+    """The image opened by Pillow (header read, nothing decoded), with its warnings silenced and its
+    errors as `ImageError`s."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -257,20 +325,32 @@ def _decode_pillow(data: bytes | memoryview, options: DecodeOptions, max_scale: 
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError("image_corrupt", f"unreadable header: {exc}") from None
         with image:
-            width, height = image.size
-            _check_size(width, height, options)
-            geo = geometry(width, height, options, max_scale=max_scale)
-            if geo.scale > 1 and options.reduce and image.format == "JPEG":
-                image.draft(image.mode, (width // geo.scale, height // geo.scale))
             try:
-                orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
-                array = to_rgb_array(image)
-            except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as exc:
+                yield image
+            except ImageError:
+                raise
+            except _PILLOW_ERRORS as exc:
                 text = str(exc) or type(exc).__name__
                 code = "image_truncated" if "truncated" in text or isinstance(exc, EOFError) else "image_corrupt"
                 raise ImageError(code, text) from None
+
+
+def _pillow_orientation(image: Image.Image) -> int:
+    orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _decode_pillow(data: bytes | memoryview, options: DecodeOptions, max_scale: int) -> Decoded:
+    with _open_pillow(data) as image:
+        width, height = image.size
+        _check_size(width, height, options)
+        geo = geometry(width, height, options, max_scale=max_scale)
+        if geo.scale > 1 and options.reduce and image.format == "JPEG":
+            image.draft(image.mode, (width // geo.scale, height // geo.scale))
+        orientation = _pillow_orientation(image)
+        array = to_rgb_array(image)
     scale = _scale_of(array.shape[:2], width, height, geo.scale)
-    return Decoded(array, scale, geo, orientation if 1 <= orientation <= 8 else 1)
+    return Decoded(array, scale, geo, orientation)
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
