@@ -12,16 +12,18 @@ from typing import Any
 
 try:
     from hubsets.loader.api import loader
+    from hubsets.loader.collate import unpack
     from hubsets.loader.dataset import Loader
     from hubsets.loader.decode import DecodeOptions
     from hubsets.loader.mix import mix
     from hubsets.loader.plan import merge_states
+    from hubsets.loader.processing import Processing
 except ModuleNotFoundError as exc:  # without torch: one line naming `pip install 'hubsets[torch]'`
     from hubsets.extras import missing
 
     raise missing(exc, "hubsets.loader") from None
 
-__all__ = ["DecodeOptions", "Loader", "loader", "merge_states", "mix"]
+__all__ = ["DecodeOptions", "Loader", "Processing", "loader", "merge_states", "mix", "unpack"]
 
 
 class _CallableModule(types.ModuleType):

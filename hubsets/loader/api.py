@@ -11,8 +11,9 @@ import torch
 
 from hubsets.images import DEFAULT_MAX_PIXELS
 from hubsets.loader.dataset import Loader
-from hubsets.loader.decode import DecodeOptions, Resize
+from hubsets.loader.decode import FIT_MAX_PIXELS, FIT_MIN_PIXELS, DecodeOptions, Resize
 from hubsets.loader.plan import Schedule, Stopping
+from hubsets.loader.processing import Chained, as_processing, columns_for
 from hubsets.loader.source import Source, resolve
 from hubsets.loader.stream import StreamSpec, Transform
 
@@ -34,7 +35,9 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
            pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
            window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
            endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
-           multiprocessing_context: Any = None, max_failures: int | None = 100) -> Loader:
+           multiprocessing_context: Any = None, max_failures: int | None = 100, multiple_of: int | None = None,
+           fit_min_pixels: int = FIT_MIN_PIXELS, fit_max_pixels: int = FIT_MAX_PIXELS,
+           processor: Any = None, decode_threads: int | None = None) -> Loader:
     """Stream (`config`, `split`) of `source` as torch batches. `split` None: the config's `train` split,
     or all of its splits when it has none (so a config with one split needs no name for it).
 
@@ -46,9 +49,21 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
     JSON). `columns` (default: all) limits what is read from the files.
 
     `resize`: "crop" (shorter side to image_size, centre crop), "pad" (longer side, centred on
-    `pad_value`) or "stretch". Images over `max_pixels`, and undecodable ones, skip their row; see
+    `pad_value`) or "stretch"; or each image its own size, keeping its aspect ratio: "fit" (Qwen2-VL's
+    smart_resize: sides multiples of `multiple_of`, default 28, area within [`fit_min_pixels`,
+    `fit_max_pixels`], by default Qwen2-VL's 56*56 and 28*28*1280; `image_size` unused) or "longest"
+    (longer side to image_size, sides multiples of `multiple_of`, default 1). Those batches are packed:
+    `pixel_values` uint8 [sum of h*w, 3] (each image row-major HWC, one after the other), `image_sizes`
+    int64 [N_images, 2] (height, width), `image_offsets` int64 [N_images + 1] (where each starts, in
+    pixels); `hubsets.loader.unpack(batch)` gives [3, h, w] views. `device="cuda"` decodes them on the CPU
+    (then moves the batch). `max_pixels` is a safety cap on the stored image, not a fit target.
+    Images over `max_pixels`, and undecodable ones, skip their row; see
     `Loader.stats`. `max_failures` (default 100, None: never) rows skipped in a row stop the pass with a
     `DataError` naming the shard and the reason: that is a broken dataset, not a bad image.
+    `processor`: an HF processor (e.g. `AutoProcessor.from_pretrained(...)`) or a `hubsets.loader.Processing`:
+    each batch is then the processor's model inputs plus `labels` (the assistant turns' tokens, -100
+    elsewhere), ready for `model(**batch)`, built in the workers from images decoded at the size the
+    processor uses (its geometry replaces `image_size`/`resize`; see processing.py).
     `transform(batch) -> batch` runs in the workers (in the main process after the GPU
     decode with `device="cuda"`, which decodes JPEGs on the GPU, or on the CPU when there is none).
 
@@ -65,7 +80,8 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
                  pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                  window_bytes=window_bytes, pad_value=pad_value, revision=revision, endpoint=endpoint,
                  storage_options=storage_options, multiprocessing_context=multiprocessing_context,
-                 max_failures=max_failures)
+                 max_failures=max_failures, multiple_of=multiple_of, fit_min_pixels=fit_min_pixels,
+                 fit_max_pixels=fit_max_pixels, processor=processor, decode_threads=decode_threads)
 
 
 def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
@@ -76,19 +92,27 @@ def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
           pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = 2,
           window_bytes: int = WINDOW_BYTES, pad_value: int = 0, revision: str | None = None,
           endpoint: str | None = None, storage_options: dict[str, Any] | None = None,
-          multiprocessing_context: Any = None, max_failures: int | None = 100) -> Loader:
+          multiprocessing_context: Any = None, max_failures: int | None = 100, multiple_of: int | None = None,
+          fit_min_pixels: int = FIT_MIN_PIXELS, fit_max_pixels: int = FIT_MAX_PIXELS,
+          processor: Any = None, decode_threads: int | None = None) -> Loader:
     """The loader over one or more weighted (source, config, split) entries; `loader` and `mix` call this."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if window_bytes < 1:
         raise ValueError(f"window_bytes must be positive, got {window_bytes}")
     rank, world_size = _distributed(rank, world_size)
-    decode = DecodeOptions(image_size=image_size, resize=resize, max_pixels=max_pixels, pad_value=pad_value)
+    decode = DecodeOptions(image_size=image_size, resize=resize, max_pixels=max_pixels, pad_value=pad_value,
+                           multiple_of=multiple_of, fit_min_pixels=fit_min_pixels, fit_max_pixels=fit_max_pixels)
     sources = tuple(resolve(s, config, split, revision=revision, endpoint=endpoint,
                             storage_options=storage_options) for s, config, split, _ in entries)
+    processing = as_processing(processor)
+    if processing is not None:  # decode to the processor's size; it runs in the workers, before `transform`
+        decode = processing.decode_options(decode)
+        columns = columns_for(processing, columns)
+        transform = processing if transform is None else Chained(processing, transform)
     wanted = _columns(sources, columns)
     device = torch.device(device)
-    on_gpu = device.type == "cuda" and "images" in wanted
+    on_gpu = device.type == "cuda" and "images" in wanted and processing is None and not decode.variable
     if device.type == "cuda" and not torch.cuda.is_available():
         warnings.warn("hubsets.loader: device='cuda' but no CUDA device is available; decoding on the CPU",
                       RuntimeWarning, stacklevel=3)
@@ -98,7 +122,7 @@ def build(entries: Sequence[Entry], *, stopping: Stopping = "first_exhausted",
                       rank, world_size, on_gpu, transform)
     return Loader(spec, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
                   prefetch_factor=prefetch_factor, device=device, multiprocessing_context=multiprocessing_context,
-                  max_failures=max_failures)
+                  max_failures=max_failures, decode_threads=decode_threads)
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
