@@ -16,6 +16,7 @@ import yaml
 
 from hubsets import resources
 from hubsets.builder import Builder
+from hubsets.progress import human, plural
 from hubsets.schema import FEATURES_YAML
 
 SIZE_BUCKETS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -66,12 +67,78 @@ def _pct(part: int, whole: int) -> str:
 
 
 def configs_table(manifest: Mapping[str, Any]) -> str:
-    lines = ["| config | split | rows | description |", "|---|---|---:|---|"]
+    """Rows and download size of every config's splits, then what each config downloads in all and, when the
+    build measured it, how many image bytes repeat across partitions."""
+    chosen = downloads(manifest)
+    lines = ["| config | split | rows | download | description |", "|---|---|---:|---:|---|"]
     for name, c in manifest["configs"].items():
         for split, rows in c["splits"].items():
             lines.append(f"| `{name}`{' (default)' if c['default'] else ''} | `{split}` | {rows:,} | "
-                         f"{c['description']} |")
-    return "\n".join(lines)
+                         f"{_size(manifest, chosen[name].get(split, set()))} | {c['description']} |")
+    return "\n".join(lines) + downloads_note(manifest, chosen) + images_note(manifest)
+
+
+def downloads(manifest: Mapping[str, Any]) -> dict[str, dict[str, set[str]]]:
+    """config -> split -> the manifest's files its `data_files` select: what `load_dataset` downloads for it
+    (the Hub's glob rules: `*` stays within a folder)."""
+    from hubsets.release import glob_regex
+
+    out: dict[str, dict[str, set[str]]] = {}
+    for name, c in manifest["configs"].items():
+        out[name] = {}
+        for split, globs in c["data_files"].items():
+            patterns = [glob_regex(g) for g in ([globs] if isinstance(globs, str) else globs)]
+            out[name][split] = {rel for rel in manifest["files"] if any(p.fullmatch(rel) for p in patterns)}
+    return out
+
+
+def _size(manifest: Mapping[str, Any], files: set[str]) -> str:
+    return f"{human(sum(manifest['files'][rel]['bytes'] for rel in files))} ({plural(len(files), 'file')})"
+
+
+def downloads_note(manifest: Mapping[str, Any], chosen: Mapping[str, Mapping[str, set[str]]]) -> str:
+    """One line: the bytes each config downloads in all (its splits together), and whether configs share."""
+    every = {name: set().union(*splits.values()) for name, splits in chosen.items()
+             if manifest["configs"][name]["splits"]}
+    if not every:
+        return ""
+    text = ("\n\nA config downloads only the files of its partitions: "
+            + ", ".join(f"`{name}` {_size(manifest, files)}" for name, files in every.items()) + ".")
+    if len(every) > 1 and any(files == set().union(*every.values()) for files in every.values()):
+        text += " The others are subsets of the largest: downloading several costs no more than it alone."
+    return text
+
+
+XET_CHUNK_BYTES = 64 * 1024
+"""The average size of the Hub's content-defined chunks (Xet): the unit its dedup shares between files."""
+
+
+def images_note(manifest: Mapping[str, Any]) -> str:
+    """What repeated images cost, from the build's `stats.images` (`stored_bytes`, `distinct_bytes`, and
+    optionally `repeated`: copies beyond the first); nothing when the build did not measure it."""
+    images = manifest.get("stats", {}).get("images")
+    if not isinstance(images, Mapping) or not {"stored_bytes", "distinct_bytes"} <= set(images):
+        return ""
+    stored, distinct = int(images["stored_bytes"]), int(images["distinct_bytes"])
+    extra = stored - distinct
+    if extra <= 0:
+        return f"\n\nEvery image is stored once ({human(distinct)} of image bytes)."
+    text = (f"\n\nThe files hold {human(stored)} of image bytes for {human(distinct)} of distinct images: "
+            f"{human(extra)} ({_pct(extra, distinct)}) more, because an image whose rows fall in two partitions "
+            "(say one QA pair passes IR and another does not) is stored in both, so that every config is a set of "
+            "whole files and never downloads rows it does not hold; a config that selects both partitions "
+            "downloads both copies. The Hub's chunk dedup (Xet: content-defined chunks of about 64 KB) stores "
+            "and uploads bytes it already has once, so ")
+    repeated = images.get("repeated")
+    if isinstance(repeated, int) and repeated > 0:
+        # a copy sits among other bytes: the chunks cut across its two ends are new, the ones inside shared
+        saved = max(0, extra - 2 * XET_CHUNK_BYTES * repeated)
+        text += (f"of the {plural(repeated, 'extra copy', 'extra copies')} it is expected to save about "
+                 f"{human(saved)} of storage and upload (all but about one chunk at each end of each copy)")
+    else:
+        text += (f"it is expected to save up to {human(extra)} of storage and upload: all but about one chunk at "
+                 "each end of each copy, so little for images under about 128 KB")
+    return text + ". `hubsets serve` has no Xet: it stores every copy."
 
 
 def retention_table(manifest: Mapping[str, Any], paper: Mapping[str, Mapping[str, float]]) -> str:

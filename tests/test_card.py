@@ -53,3 +53,46 @@ def test_card_reads_right_where_it_is_read():
     assert card._prose("12 rows in 1 parquet files, 1 rows, 11 files") == "12 rows in 1 parquet file, 1 row, 11 files"
     shared = {"a": 1}
     assert "&" not in yaml.dump({"x": shared, "y": shared}, Dumper=card._NoAliases)
+
+
+def _downloaded(folder, globs) -> tuple[int, int]:
+    """(files, bytes) on disk that a config's `data_files` globs select, found with pathlib itself."""
+    files = {p for g in globs for p in folder.glob(g)}
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def test_card_states_what_each_config_downloads(skvqa_built):
+    from hubsets.progress import human, plural
+
+    text = (skvqa_built / "README.md").read_text()
+    header = yaml.safe_load(text.split("---\n")[1])
+    line = next(ln for ln in text.splitlines() if ln.startswith("A config downloads only the files"))
+    for config in header["configs"]:
+        globs = [g for entry in config["data_files"] for g in entry["path"]]
+        files, size = _downloaded(skvqa_built, globs)
+        assert files > 0 and f"`{config['config_name']}` {human(size)} ({plural(files, 'file')})" in line, line
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `ir_cap` | `train` |"))
+    ir_cap = next(c for c in header["configs"] if c["config_name"] == "ir_cap")
+    files, size = _downloaded(skvqa_built, ir_cap["data_files"][0]["path"])
+    assert f"| {human(size)} ({plural(files, 'file')}) |" in row
+    assert "subsets of the largest" in line  # ir_cap ⊂ ir ⊂ default
+
+
+def test_image_overhead_is_stated_only_when_the_build_measured_it(skvqa_built):
+    from hubsets import card, registry
+    from hubsets.progress import human
+
+    builder = registry.get("skvqa")
+    manifest = json.loads((skvqa_built / "hubsets.json").read_text())
+    manifest["stats"].pop("images", None)
+    assert "of image bytes" not in card.render(builder, manifest)
+    mb = 1024 * 1024
+    manifest["stats"]["images"] = {"stored_bytes": 196 * mb, "distinct_bytes": 98 * mb}
+    text = " ".join(card.render(builder, manifest).split())
+    assert "The files hold 196.0 MB of image bytes for 98.0 MB of distinct images: 98.0 MB (100.0%) more" in text
+    assert "is stored in both" in text and "expected to save up to 98.0 MB of storage and upload" in text
+    manifest["stats"]["images"]["repeated"] = 1
+    one = " ".join(card.render(builder, manifest).split())
+    assert f"of the 1 extra copy it is expected to save about {human(98 * mb - 128 * 1024)}" in one
+    manifest["stats"]["images"] = {"stored_bytes": 5 * mb, "distinct_bytes": 5 * mb}
+    assert "Every image is stored once (5.0 MB of image bytes)." in card.render(builder, manifest)
