@@ -4,10 +4,17 @@ token and a chat template, behind a LLaVA-style and a Qwen2-VL-style processor."
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast, Qwen2VLImageProcessor,
-                          Qwen2VLProcessor)
+from transformers import (
+    CLIPImageProcessor,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+)
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 CHAT_TEMPLATE = (
@@ -44,8 +51,8 @@ def llava_processor(size: int = 28) -> LlavaProcessor:
     """LLaVA-1.5's layout at `size` pixels: CLIP resize-shortest + centre crop, 14-pixel patches."""
     images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     template = CHAT_TEMPLATE.replace("IMAGE", "<image>")
-    return LlavaProcessor(images, tokenizer(LLAVA_SPECIALS), patch_size=14, vision_feature_select_strategy="full",
-                          chat_template=template)
+    return LlavaProcessor(images, tokenizer(LLAVA_SPECIALS), patch_size=14, num_additional_image_tokens=1,
+                          vision_feature_select_strategy="default", chat_template=template)
 
 
 def qwen2vl_processor(min_pixels: int = 28 * 28 * 2, max_pixels: int = 28 * 28 * 12) -> Qwen2VLProcessor:
@@ -54,3 +61,38 @@ def qwen2vl_processor(min_pixels: int = 28 * 28 * 2, max_pixels: int = 28 * 28 *
     videos = Qwen2VLVideoProcessor()
     template = CHAT_TEMPLATE.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")
     return Qwen2VLProcessor(images, tokenizer(QWEN_SPECIALS), videos, chat_template=template)
+
+
+def tiny_llava(processor: LlavaProcessor, seed: int = 0) -> Any:
+    """A randomly initialised LLaVA (one-layer CLIP vision tower, two-layer Llama) for `processor`."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    size = processor.image_processor.crop_size["height"]
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=size, patch_size=14)
+    text = LlamaConfig(vocab_size=len(processor.tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                       max_position_embeddings=256, pad_token_id=processor.tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1, projector_hidden_act="gelu")
+    return LlavaForConditionalGeneration(config)
+
+
+def tiny_qwen2vl(processor: Qwen2VLProcessor, seed: int = 0) -> Any:
+    """A randomly initialised Qwen2-VL (one vision block, two text layers) for `processor`."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = processor.tokenizer
+    config = Qwen2VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": [2, 3, 3]},
+                     "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2},
+        image_token_id=processor.image_token_id, video_token_id=processor.video_token_id,
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
+    return Qwen2VLForConditionalGeneration(config)
