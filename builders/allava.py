@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from hubsets.builder import (
     Reject,
     Row,
     RowError,
+    Survey,
     Task,
     json_array_tasks,
 )
@@ -272,6 +273,14 @@ def plan(options: Options) -> list[Task]:
                   for t in json_array_tasks(options.source, subset.file, _rows_per_task(options, subset),
                                             survey=options.survey)]
     return tasks
+
+
+def survey(options: Options, sample: Sequence[Item]) -> Survey:
+    """For `hubsets inspect`: where the JSON files were found, and the files not read (and why)."""
+    subsets, ignored, snap = _inputs(options)
+    where = ("named by the upstream README.md configs" if snap is not None else "at the repo root (revisions "
+             "before May 2024)" if any("/" not in s.file for s in subsets) else "in per-subset folders")
+    return Survey(layout=f"{len(subsets)} JSON file(s) {where}", ignored=ignored)
 
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:

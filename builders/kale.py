@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from hubsets import captions, fetch, release, sources
 from hubsets import settings as setting_keys
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Task
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Survey, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
@@ -411,6 +411,18 @@ def _build_index(source: Path, files: list[_File], fields: Mapping[str, str], wo
     counts["core_missing_from_full"] = counts["core_distinct"] - counts["overlap"]
     return {"format": INDEX_FORMAT, "buckets": n_buckets, "files": [f.rel for f in files], "counts": dict(counts),
             "broken": {files[n].rel: detail for n, detail in broken.items()}}
+
+
+def survey(options: Options, sample: Sequence[Item]) -> Survey:
+    """For `hubsets inspect`: the sets present, the files not read (and why), and what the sample cannot show."""
+    shards, ignored, snap = _discover(options.source)
+    sets = Counter(set_name for set_name, _ in shards)
+    where = "named by the upstream README.md configs" if snap is not None else "in data_*_set/"
+    notes = [f"no `{s}` shards ({SETS[s]}/): the `{s}` config is not built" for s in SETS if s not in sets]
+    notes.append("the core/full comparison (duplicates, rows in both sets) is the build's index, which inspect "
+                 "does not make: sampled rows are shown as if in one set only")
+    return Survey(layout=", ".join(f"{n} `{s}` shard(s)" for s, n in sets.items()) + f" {where}",
+                  ignored=ignored, notes=notes)
 
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:

@@ -23,23 +23,13 @@ Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_field`, `image_mi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hubsets import archives, release, sources
 from hubsets import settings as setting_keys
-from hubsets.builder import (
-    BuildError,
-    Config,
-    Item,
-    Options,
-    Reject,
-    Row,
-    RowError,
-    Task,
-    json_array_tasks,
-)
+from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Survey, Task, json_array_tasks
 from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
@@ -169,6 +159,15 @@ def plan(options: Options) -> list[Task]:
     for file in _inputs(options.source)[0]:
         tasks += json_array_tasks(options.source, file, rows, survey=options.survey)
     return tasks
+
+
+def survey(options: Options, sample: Sequence[Item]) -> Survey:
+    """For `hubsets inspect`: the category files found (and those absent), the files not read (and why)."""
+    files, ignored, snap = _inputs(options.source)
+    missing = [c for c in CATEGORIES if c not in {category_of(f) for f in files}]
+    where = " named by the upstream README.md configs" if snap is not None else ""
+    return Survey(layout=f"{len(files)} of {len(CATEGORIES)} category JSON files{where}", ignored=ignored,
+                  notes=[f"no file for {', '.join(missing)}: not built"] if missing else [])
 
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import re
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from hubsets import captions, release, sources
 from hubsets import settings as setting_keys
-from hubsets.builder import READS, BuildError, Config, Item, Options, Reject, Row, RowError, Task
+from hubsets.builder import READS, BuildError, Config, Item, Options, Reject, Row, RowError, Survey, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
@@ -779,6 +779,15 @@ def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mappin
         shard.error = ("too_large", f"{img}: {shard.row_bytes:,} bytes per embedding exceeds the "
                        f"{s.max_bytes:,}-byte cap")
     return shard
+
+
+def survey(options: Options, sample: Sequence[Item]) -> Survey:
+    """For `hubsets inspect`: the layout found and the files not read (and why)."""
+    inputs = _inputs(options.source)
+    layout = ("clip-retrieval shards (img_emb/ row-aligned with metadata/)" if inputs.layout == "clip"
+              else f"caption rows in {inputs.name}")
+    where = ", named by the upstream README.md configs" if inputs.snap is not None else ""
+    return Survey(layout=layout + where, ignored=inputs.ignored)
 
 
 def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
