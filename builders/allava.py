@@ -1,7 +1,9 @@
 """ALLaVA-4V (FreedomIntelligence/ALLaVA-4V): GPT-4V captions and instructions for LAION and Vision-FLAN
 images, plus GPT-4-Turbo Evol-Instruct text, read from the Hub repo's own layout.
 
-Inputs (exact paths under `--source`; nothing is globbed, so the stray LAION copies uploaded into
+Inputs: with the upstream `README.md` in `--source` (a Hub snapshot), the files its YAML configs name, each as
+the subset of its (config, split) (`CONFIG_ORIGINS`), whatever its path; files no config names are not read.
+Without a README, exact paths under `--source` (nothing is globbed, so the stray LAION copies uploaded into
 `allava_vflan/` and everything in `others/` are never read):
 
 | file | origin | split |
@@ -28,8 +30,8 @@ Earlier revisions (before May 2024) kept the same five files at the repo root, a
 downloaded with `hubsets.fetch` under `--set fetch_images=true` (the `fetch_*` keys of
 `hubsets.settings.FETCH`, as for KALE); otherwise each is an `image_not_fetched` reject naming its URL.
 
-Settings (`--set`): `vflan_images=PATH`, `subsets=laion,vflan,text` (default: every subset whose file
-is present), `rows_per_task=N` (default 1,000 for image subsets, 20,000 for text).
+Settings (`--set`): `SETTINGS` (`vflan_images`, `subsets`, `rows_per_task`, the `fetch_*` keys), printed with
+their defaults by `hubsets info allava`.
 
 Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_conversations`, `empty_conversations`,
 `missing_field`, `unknown_role`, `image_missing`, `image_not_fetched` (+ the fetch's reasons), `unsafe_path`,

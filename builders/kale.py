@@ -1,11 +1,11 @@
 """BLIP3-KALE (Salesforce/blip3-kale): knowledge-augmented dense captions of DataComp-1B image URLs.
 
-`--source` is laid out like the Hub repo: `data_core_set/*.parquet` and/or `data_full_set/*.parquet` (the
-upstream configs' own `data_files` globs). Upstream's two configs are separate downloads (core ~74 GB, full
-~160 GB), so either folder alone is a build: its config is built, the other one is left out of the card
-(it would be empty) and the card says why. Each file's schema is read from its footer: `url` and `caption`
-must be string columns, every other column is kept in `meta.upstream`; a file that does not fit is a
-file-level reject naming the columns it has.
+`--source` is a Hub snapshot: its `README.md` YAML configs `core` and `full` name the shards
+(`hubsets.release`); without a README, `data_core_set/*.parquet` and/or `data_full_set/*.parquet` (those
+configs' own globs). Upstream's two configs are separate downloads (core ~74 GB, full ~160 GB), so either set
+alone is a build: its config is built, the other one is left out of the card (it would be empty) and the card
+says why. Each file's schema is read from its footer: `url` and `caption` must be string columns, every other
+column is kept in `meta.upstream`; a file that does not fit is a file-level reject naming the columns it has.
 
 Core and full are stored once. Before reading, `plan` hashes every row's key (sha256 of
 `url + "\\0" + caption`) into hash-partitioned bucket files on disk and compares the sets bucket by

@@ -1,9 +1,11 @@
 """StableLLaVA (icoz69/StableLLAVA): SD-XL prompts with single-turn image dialogues, nine capability categories.
 
-`--source` is the repo's `dataset/` folder; exactly the nine files `action.json`, `animal.json`, `color.json`,
-`food.json`, `furniture.json`, `plant.json`, `profession.json`, `scene.json`, `vehicle.json` are read (any
-other file there is ignored). Each is one JSON array of `{id, image, prompt, question, answer}`; ids run
-`"0".."N-1"` per file, so the unified id is `stablellava/<category>/<id>` and `origin` is the category.
+`--source` is the repo's `dataset/` folder (or the repo root, whose `dataset/` is then read; or a Hub copy whose
+`README.md` configs name the files, read by their category names); exactly the nine files `action.json`,
+`animal.json`, `color.json`, `food.json`, `furniture.json`, `plant.json`, `profession.json`, `scene.json`,
+`vehicle.json` are read (any other file there is ignored). Each is one JSON array of `{id, image, prompt,
+question, answer}`; ids run `"0".."N-1"` per file, so the unified id is `stablellava/<category>/<id>` and
+`origin` is the category.
 
 Images are not released upstream; users render them from `prompt` with SD-XL. `--set images=DIR` points
 at the renders, `DIR/<category>/<id>.jpg` (the row's `image` value): a missing one is an `image_missing`
@@ -13,7 +15,7 @@ placeholder is removed from the text (with its adjacent newline) and recorded ex
 `meta.image_slots`; `hubsets export --format llava` puts it back, so the upstream question is reproduced
 byte for byte either way.
 
-Settings (`--set`): `images=DIR`, `rows_per_task=N` (default 1,000 with images, 20,000 without).
+Settings (`--set`): `SETTINGS` (`images`, `rows_per_task`), printed with their defaults by `hubsets info stablellava`.
 
 Reject reasons: `wrong_type`, `missing_id`, `bad_id`, `missing_field`, `image_missing`, `unsafe_path`,
 `image_unreadable`, `image_token_mismatch`, `too_deep` (a row nested over 64 levels),

@@ -7,7 +7,8 @@ either `embedding_file` (a `.npy` or `.safetensors` file, relative to `--source`
 row's index into the matrix that file holds) or an inline `embedding` (nested lists, stored with
 `--set dtype=...`, default float32). Or it holds clip-retrieval's output (`CLIP`): `img_emb/img_emb_N.npy`
 memory-mapped, row i paired with row i of `metadata/metadata_N.parquet`, `text_emb/text_emb_N.npy` kept in
-`meta.text_embedding`; shards whose files do not line up are unreadable input files, never mispaired.
+`meta.text_embedding`; shards whose files do not line up are unreadable input files, never mispaired. With an
+upstream-style `README.md`, its configs choose the captions file or the metadata shards to read.
 Every row's `messages` is a captioning exchange whose image part stands for the embedding
 (`hubsets.captions.exchange`). `--set encoder=NAME` names the model whose
 embedding space (or token vocabulary) the vectors live in; it is required.
