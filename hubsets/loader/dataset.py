@@ -137,6 +137,13 @@ class Loader:
             left = total(self._full_job(self._job.epoch + 1).share(self._spec))
         return batch_count(left, self._spec.batch_size, self._spec.drop_last)
 
+    @property
+    def epoch_batches(self) -> int:
+        """Batches this rank yields in a whole epoch, assuming no row is skipped (every epoch has as many): the
+        epoch length a trainer plans with, where `len()` is what is left of the current one."""
+        share = self._full_job(self._job.epoch).share(self._spec)
+        return batch_count(total(share), self._spec.batch_size, self._spec.drop_last)
+
     def _prepare(self) -> None:
         """Choose the job of the iteration about to start and post it to the workers."""
         if self._finished:
