@@ -95,8 +95,8 @@ def inspect(name: str, options: Options, *, shown: int = SHOWN) -> Report:
     found: Survey = hook(survey_options, [item for item, _ in sample.items]) if hook is not None else Survey()
     report.layout = found.layout
     report.notes = list(found.notes)
-    _files(report, options.source, tasks, found)
     _configs(report, options.source)
+    _files(report, options.source, tasks, found)
     report.columns = _columns(options.source, sample, found)
     report.sample = [_shown(item, record) for item, record in sample.accepted[:shown]]
     report.sampled = {"files": sample.files, "items": len(sample.items), "rows": len(sample.accepted),
@@ -229,7 +229,8 @@ def _files(report: Report, source: Path, tasks: Sequence[Task], found: Survey) -
         if file in used or file in report.ignored:
             continue
         if file == "README.md":
-            report.ignored[file] = "the upstream card (its YAML configs are shown below)"
+            report.ignored[file] = ("the upstream card (its YAML configs are shown below)" if report.configs else
+                                    "the upstream card (it declares no YAML configs)")
         elif file.lower().endswith(ROWS_SUFFIXES):
             report.ignored[file] = f"not an input file of {report.builder}"
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -116,6 +117,10 @@ def test_kale_inspects_without_building_its_index(tmp_path):
     assert {f["file"] for f in report.rows_files} == {f"data_{s}_set/shard_00{n}.parquet" for s in ("core", "full")
                                                       for n in (0, 1)}
     assert report.sampled["rows"] >= 3 and report.sample[0]["chat"].startswith("<|assistant|>\n")
+    assert report.layout == "2 `core` shard(s), 2 `full` shard(s) in data_*_set/"
+    shutil.rmtree(tmp_path / "src" / "data_core_set")  # upstream's configs are separate downloads
+    report = inspect.inspect("kale", Options(source=tmp_path / "src"))
+    assert "no `core` shards (data_core_set/): the `core` config is not built" in report.notes
     assert any("keep an image URL without the image: pass --set fetch_images=true" in w for w in report.warnings)
 
 
@@ -134,11 +139,13 @@ def test_allava_stablellava_and_synth2_are_inspectable(tmp_path):
     assert {f["file"] for f in report.rows_files} >= {"allava_laion/ALLaVA-Caption-LAION-4V.json"}
     assert all(f["tasks"] == 1 for f in report.rows_files)  # survey: no byte slicing of the JSON arrays
     assert report.sampled["rows"] >= 3 and "<image>" in report.sample[0]["chat"]
-    assert "others" in " ".join(report.ignored) or report.other
+    assert report.layout == "5 JSON file(s) in per-subset folders"
+    assert report.ignored["others/Instruct-LAION-4oiterative.json"] == "not an input file of allava"
 
     stable = samples.make_stablellava(tmp_path / "stable")
     report = inspect.inspect("stablellava", Options(source=stable.root, settings=stable.settings))
-    assert "all.json" in report.ignored and report.ignored["all.json"].startswith("not an input file of")
+    assert report.layout == "9 of 9 category JSON files" and report.ignored["all.json"] == "not an input file of " \
+        "stablellava"
     assert report.sampled["rows"] >= 3 and "<|assistant|>" in report.sample[0]["chat"]
 
     samples.make_synth2(tmp_path / "synth2")
@@ -152,6 +159,7 @@ def test_allava_stablellava_and_synth2_are_inspectable(tmp_path):
     assert report.reads == ["img_emb/img_emb_0.npy", "img_emb/img_emb_1.npy", "text_emb/text_emb_0.npy",
                             "text_emb/text_emb_1.npy"]
     assert report.sample[0]["image_embedding"]["shape"] == [8]
+    assert report.layout == "clip-retrieval shards (img_emb/ row-aligned with metadata/)"
 
 
 def test_a_big_release_is_inspected_in_seconds(tmp_path):
