@@ -160,3 +160,31 @@ def test_bad_processors_are_one_line_errors() -> None:
     processor.chat_template = None
     with pytest.raises(ValueError, match="no chat_template"):
         Processing(processor)
+
+
+def test_rows_without_images_and_rows_that_do_not_fit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch mixing rows with and without images goes through; a row with more image parts than images is
+    left out with a warning naming it, the rest of its batch kept."""
+    rows = [record("toy", "coco", i, [photo_jpeg(50, 40, i)] if i % 2 else []) for i in range(6)]
+    for row in rows:
+        if not row["images"]:
+            row["messages"][0]["content"] = row["messages"][0]["content"][1:]
+    rows[4]["messages"][0]["content"] = [{"type": "image", "text": None}] * 2 + rows[4]["messages"][0]["content"]
+    root = write_repo(tmp_path, {"data/coco/none/train": rows}, {"default": {"train": ["data/*/*/*.parquet"]}})
+    processor = llava_processor()
+    batches = list(hubsets.loader(root, processor=Processing(processor, keep=("id",)), batch_size=6,
+                                  shuffle=False))
+    assert batches[0]["id"] == ["toy/coco/0", "toy/coco/1", "toy/coco/2", "toy/coco/3", "toy/coco/5"]
+    assert batches[0]["input_ids"].shape[0] == 5 and batches[0]["pixel_values"].shape[0] == 3
+    image_token = processor.image_token_id
+    assert [int((r == image_token).sum()) for r in batches[0]["input_ids"]] == [0, 4, 0, 4, 4]
+    assert "skipping row 'toy/coco/4' (processor): row 'toy/coco/4': its messages have 2 image parts" in caplog.text
+
+
+def test_a_template_that_hides_assistant_turns_fails_at_once() -> None:
+    processor = llava_processor()
+    # renders only the last message: a prefix of the conversation is not a prefix of its text
+    processor.chat_template = "{{ messages[-1]['content'][0]['text'] }}"
+    with pytest.raises(ValueError, match="cannot be located; pass Processing"):
+        hubsets.loader.Processing(processor)
+    assert Processing(processor, assistant_only=False).assistant_only is False

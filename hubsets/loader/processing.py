@@ -23,9 +23,13 @@ import torch
 
 from hubsets.loader.collate import unpack
 from hubsets.loader.decode import DecodeOptions
+from hubsets.loader.stream import warn
 
 IGNORE_INDEX = -100
 """The label of a position that must not be trained on (torch's cross-entropy default ignore_index)."""
+PROBE = [{"role": role, "content": [{"type": "text", "text": text}]}
+         for role, text in (("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))]
+"""A two-turn conversation that checks, when the loader is made, that assistant turns can be located."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class Processing:
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         object.__setattr__(self, "keep", tuple(self.keep))
+        if self.assistant_only:  # a template that cannot be used fails here, in one line, not in a worker
+            assistant_spans(self.processor, PROBE, self.processor.apply_chat_template(PROBE, tokenize=False),
+                            "(a two-turn test conversation)")
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -85,12 +92,23 @@ class Processing:
         return base
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A loader batch -> the processor's outputs plus `labels` (and the `keep` columns)."""
+        """A loader batch -> the processor's outputs plus `labels` (and the `keep` columns). A row whose
+        messages do not fit its images is left out with a warning, as a row with a bad image is."""
         processor = self.processor
+        rows, texts, spans = [], [], []
         images = _images(batch)
-        conversations = [_conversation(m, len(imgs), row_id)
-                         for m, imgs, row_id in zip(batch["messages"], images, batch["id"], strict=True)]
-        texts = [processor.apply_chat_template(c, tokenize=False) for c in conversations]
+        for index, (messages, row_images, row_id) in enumerate(zip(batch["messages"], images, batch["id"],
+                                                                   strict=True)):
+            try:
+                conversation = _conversation(messages or [], len(row_images), row_id)
+                text = processor.apply_chat_template(conversation, tokenize=False)
+                spans.append(assistant_spans(processor, conversation, text, row_id) if self.assistant_only else [])
+            except ValueError as exc:
+                warn(f"hubsets.loader: skipping row {row_id!r} (processor): {exc}")
+                continue
+            rows.append(index)
+            texts.append(text)
+        images = [images[i] for i in rows]
         kwargs: dict[str, Any] = {"padding": True, **self.processor_kwargs, "return_tensors": "pt",
                                   "return_offsets_mapping": True, "return_text_replacement_offsets": True}
         if self.max_length is not None:
@@ -98,17 +116,14 @@ class Processing:
         out = processor(text=texts, images=images if any(images) else None, **kwargs)
         offsets = out.pop("offset_mapping")
         replacements = out.pop("text_replacement_offsets", None) or [[] for _ in texts]
-        model = {name: value for name, value in out.items()}
-        input_ids = model["input_ids"]
+        model = dict(out.items())
         if self.assistant_only:
-            spans = [assistant_spans(processor, c, t, row_id)
-                     for c, t, row_id in zip(conversations, texts, batch["id"], strict=True)]
             mask = token_mask(offsets, [shift_spans(s, r) for s, r in zip(spans, replacements, strict=True)])
         else:
             mask = model["attention_mask"].bool()
-        model["labels"] = input_ids.masked_fill(~mask, IGNORE_INDEX)
+        model["labels"] = model["input_ids"].masked_fill(~mask, IGNORE_INDEX)
         for name in self.keep:
-            model[name] = batch[name]
+            model[name] = [batch[name][i] for i in rows]
         return model
 
 
