@@ -102,11 +102,10 @@ class LoaderTrainerMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """`Trainer.train`, with the loader's state loaded from the checkpoint first (True: the last one in
         `output_dir`, as the Trainer resolves it)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
-        if resume_from_checkpoint:
-            load_state(self.train_loader, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None,  # type: ignore[misc]
-                             **kwargs)
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else (
+            resume_from_checkpoint or None)
+        if resume_from_checkpoint is True and checkpoint is None:
+            raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
+        if checkpoint is not None:
+            load_state(self.train_loader, checkpoint)
+        return super().train(resume_from_checkpoint=checkpoint, **kwargs)  # type: ignore[misc]
