@@ -101,10 +101,14 @@ def test_trainer_resumes_the_stream_exactly(repo: Path, tmp_path: Path) -> None:
 
 def test_resume_needs_the_loader_state(repo: Path, tmp_path: Path) -> None:
     cls = _recording(Trainer)
-    _train(cls, TrainingArguments, repo, tmp_path, 5)
+    trainer, _ = _train(cls, TrainingArguments, repo, tmp_path, 5)
     (tmp_path / "checkpoint-5" / STATE_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="restart the data from the beginning"):
-        _train(cls, TrainingArguments, repo, tmp_path, 6, resume=str(tmp_path / "checkpoint-5"))
+        trainer.train(resume_from_checkpoint=True)  # the last checkpoint in output_dir: checkpoint-5
+    fresh = cls(model=trainer.model, args=TrainingArguments(**_args(tmp_path / "none", 1)),
+                train_loader=trainer.train_loader)
+    with pytest.raises(ValueError, match="no checkpoint found"):
+        fresh.train(resume_from_checkpoint=True)
 
 
 def test_sft_trainer_resumes_the_stream_exactly(repo: Path, tmp_path: Path) -> None:
