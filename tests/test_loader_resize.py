@@ -4,6 +4,7 @@ reduced decode at exact geometry, and pixel agreement with Qwen2-VL's image proc
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from transformers import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 import hubsets
-from hubsets.loader.decode import DecodeOptions, decode, geometry
+from hubsets.images import ImageError
+from hubsets.loader.decode import DecodeOptions, decode, geometry, output_shape
 from hubsets.loader.sizes import fit_size, longest_size
 
 sides = st.integers(min_value=1, max_value=6000)
@@ -186,3 +188,26 @@ def test_packed_batches(mixed_repo: tuple[Path, int], workers: int, resize: str)
 def _all_images(root: Path) -> dict[str, list[bytes]]:
     table = pq.read_table(next(root.rglob("*.parquet")), columns=["id", "images"]).to_pylist()
     return {row["id"]: [image["bytes"] for image in row["images"]] for row in table}
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def test_png_sizes_come_from_the_chunk_list() -> None:
+    """A PNG's EXIF orientation may sit after its pixels (Pillow finds it only by decoding them all): the
+    header pass reads the chunk list instead, so it agrees with the decode and never decodes."""
+    array = photo_array(90, 40, 6)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    plain = encode(Image.fromarray(array), "PNG")
+    end = plain.rindex(b"IEND") - 4
+    late = plain[:end] + _chunk(b"eXIf", exif.tobytes()[6:]) + plain[end:]  # after IDAT, no Exif prefix
+    options = DecodeOptions(resize="longest", image_size=45)
+    assert output_shape(late, options) == (45, 20) == tuple(decode(late, options).shape[1:])
+    assert output_shape(plain, options) == (20, 45)
+    start = late.index(b"IDAT") + 4
+    damaged = late[:start] + bytes(64) + late[start + 64:]
+    assert output_shape(damaged, options) == (45, 20)
+    with pytest.raises(ImageError):
+        decode(damaged, options)

@@ -165,7 +165,8 @@ def output_shape(data: bytes | memoryview, options: DecodeOptions) -> tuple[int,
     else:
         with _open_pillow(data) as image:
             width, height = image.size
-            orientation = _pillow_orientation(image)
+            # Pillow's getexif decodes a whole PNG to look for a late eXIf chunk; the chunk list is enough
+            orientation = png_orientation(data) if image.format == "PNG" else _pillow_orientation(image)
     _check_size(width, height, options)
     size = geometry(width, height, options).size
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
@@ -390,6 +391,23 @@ def jpeg_orientation(data: bytes | memoryview) -> int:
         if marker == 0xE1 and bytes(view[pos + 4:pos + 10]) == b"Exif\x00\x00":
             return _tiff_orientation(view[pos + 10:pos + 2 + length])
         pos += 2 + length
+    return 1
+
+
+def png_orientation(data: bytes | memoryview) -> int:
+    """The EXIF orientation (1-8) of a PNG's eXIf chunk, before or after the image data (as Pillow reads
+    it), 1 when absent or malformed. Walks the chunk headers only."""
+    view = memoryview(data)
+    pos, end = 8, len(view)
+    while pos + 8 <= end:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        if kind == b"eXIf":
+            chunk = view[pos + 8:min(end, pos + 8 + length)]
+            return _tiff_orientation(chunk[6:] if bytes(chunk[:6]) == b"Exif\x00\x00" else chunk)
+        if kind == b"IEND":
+            return 1
+        pos += 12 + length
     return 1
 
 
