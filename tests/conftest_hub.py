@@ -134,3 +134,15 @@ def published_files(folder: Path) -> list[Path]:
 def folder_digests(folder: Path) -> dict[str, str]:
     """sha256 of every published file, by repo path (what snapshot_download must reproduce)."""
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in published_files(folder)}
+
+
+def partition_rows(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every row of a build by partition folder and split (`data/wit/ir/train`), sorted by id: what must not
+    change when only the task slicing (and so the shard files) changes."""
+    import pyarrow.parquet as pq
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((folder / "data").rglob("*.parquet")):
+        part = f"{path.parent.relative_to(folder).as_posix()}/{path.name.split('-')[0]}"
+        rows.setdefault(part, []).extend(pq.read_table(path).to_pylist())
+    return {part: sorted(values, key=lambda r: r["id"]) for part, values in sorted(rows.items())}

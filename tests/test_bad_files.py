@@ -202,18 +202,20 @@ except BuildError as exc:
 
 
 def test_a_failed_build_removes_its_spill_folder(tmp_path):
-    """The merge fails writing (the staged tasks are done, so only the writer's files grow): its spilled rows
-    and unfinished shards are gone afterwards, the staged tasks kept for the resume."""
+    """A task fails writing its shards (a full disk) while its partitions spill: its spilled rows and
+    unfinished shards are gone afterwards, and the same command resumes to the build a clean run makes."""
     sample = samples.make_stablellava(tmp_path / "s", images=True, rows_per_category=60)
     out = tmp_path / "out"
-    build("stablellava", Options(source=sample.root, settings=sample.settings), out, progress=False,
-          allow_bad_files=True)
     r = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(sample.root), sample.settings["images"], str(out)],
                        capture_output=True, text=True, timeout=300)
     assert "failed: writing the build failed" in r.stdout, (r.stdout, r.stderr[-2000:])
-    assert not (out / ".hubsets-spill").exists()
-    assert [p for p in out.rglob("*") if ".tmp" in p.name] == []
-    assert (out / ".hubsets-build").is_dir()
+    assert [p for p in out.rglob("*") if ".tmp" in p.name or "spill" in p.name] == []
+    assert (out / ".hubsets-build").is_dir() and not (out / "hubsets.json").exists()
+    options = Options(source=sample.root, settings=sample.settings)
+    writer = {"buffer_bytes": 1, "row_group_bytes": 1 << 24}
+    resumed = build("stablellava", options, out, progress=False, writer_options=writer)
+    clean = build("stablellava", options, tmp_path / "clean", progress=False, writer_options=writer)
+    assert resumed["files"] == clean["files"] and resumed["provenance"]["tasks"]["reused"] >= 0
 
 
 # --- the readers on damaged bytes --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and the next step, a non-zero exit code, and no traceback (unless --debug)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,9 +22,13 @@ def hubsets(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+PROGRESS = re.compile(r"^(build|fetch|push|validate)( \(pid \d+\))?: ")
+
+
 def one_line(r: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
-    """The single error line; asserts the exit code, that nothing else was printed, and the needles."""
-    lines = r.stderr.splitlines()
+    """The single error line; asserts the exit code, that nothing else was printed but progress lines
+    (`build: done, 3 tasks, ...`: work finished before the failure), and the needles."""
+    lines = [line for line in r.stderr.splitlines() if not PROGRESS.match(line)]
     assert r.returncode == code and len(lines) == 1 and lines[0].startswith("hubsets: error: "), r.stderr
     assert "Traceback" not in r.stderr
     for needle in needles:

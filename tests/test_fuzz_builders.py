@@ -374,31 +374,40 @@ def test_synth2_parquet_with_junk_typed_columns(rows):
             {"encoder": "enc", "dtype": "float32", "task_bytes": "48"})
 
 
-# --- the merge's duplicate-id detection --------------------------------------------------------------------------
+# --- duplicate ids across tasks ----------------------------------------------------------------------------------
 
-@settings(max_examples=25, deadline=None)
-@given(batches=st.lists(st.lists(st.integers(0, 60).map(str), max_size=20), max_size=12),
-       recent=st.integers(1, 8), weak=st.booleans())
-def test_duplicate_ids_are_found_exactly(batches, recent, weak):
-    """Every repeated id is a duplicate, nothing else is: across batches, within one, and after the recent ids
-    were sorted into runs; also when digests share their high 64 bits (`weak`)."""
-    from hubsets.build import _SeenIds
+@settings(max_examples=40, deadline=None)
+@given(tasks=st.lists(st.sets(st.integers(0, 40), max_size=15), max_size=8), count=st.integers(1, 4),
+       weak=st.booleans())
+def test_duplicate_ids_across_tasks_are_found_exactly(tmp_path_factory, tasks, count, weak):
+    """Every id a task wrote that an earlier task (plan order) also wrote is dropped, nothing else, whatever the
+    number of buckets; also when digests share their high 64 bits (`weak`: then they sort into one bucket)."""
+    from hubsets.build import dedupe
+    from hubsets.build.task import IDS, Records, digest, digests_array
 
-    class Small(_SeenIds):
-        RECENT = recent
+    out = tmp_path_factory.mktemp("dedupe")
+    records = Records(out)
+    keys = []
 
-        @staticmethod
-        def _digest(record_id: str) -> bytes:
-            digest = _SeenIds._digest(record_id)
-            return bytes(8) + digest[8:] if weak else digest
+    def key_of(n: int) -> bytes:
+        d = digest(str(n))
+        return bytes(8) + d[8:] if weak else d
 
-    seen, reference = Small(), set()
-    for batch in batches:
-        expected = []
-        for record_id in batch:
-            expected.append(record_id not in reference)
-            reference.add(record_id)
-        assert seen.add_many(batch) == expected
+    for position, ids in enumerate(tasks):
+        key = f"t{position}"
+        records.path(key).mkdir(parents=True)
+        np.save(records.path(key) / IDS, digests_array(sorted(key_of(n) for n in ids)) if ids
+                else np.zeros((0, 2), np.uint64))
+        keys.append(key)
+    found: dict[int, set[str]] = {}
+    for b in range(count):
+        for position, drops in dedupe.bucket(out, keys, b, count).items():
+            assert not found.get(position, set()) & set(drops)  # each id is decided in one bucket
+            found.setdefault(position, set()).update(drops)
+    seen: set[int] = set()
+    for position, ids in enumerate(tasks):
+        assert found.get(position, set()) == {key_of(n).hex() for n in ids & seen}
+        seen |= ids
 
 
 # --- damaged files, every builder ---------------------------------------------------------------------------------

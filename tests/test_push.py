@@ -118,7 +118,7 @@ def test_second_push_makes_no_commit_and_uploads_nothing(server, tmp_path_factor
 def test_changing_one_shard_uploads_exactly_that_shard(server, tmp_path_factory, tmp_path):
     folder = built_copy(tmp_path_factory, tmp_path / "skvqa")
     push(folder, "org/oneshard", endpoint=server.url, token=False)
-    shard = "data/laion/ir/train-00000.parquet"
+    shard = min(p for p in manifest(folder)["files"] if p.startswith("data/laion/ir/"))
     rewrite_shard(folder, shard)
     put_count = puts(server)
 
@@ -137,7 +137,7 @@ def test_removed_partition_is_deleted_in_the_same_commit(server, tmp_path_factor
     full = built_copy(tmp_path_factory, tmp_path / "full")
     smaller = built_copy(tmp_path_factory, tmp_path / "smaller", images=20, seed=1)
     gone = sorted(set(manifest(full)["files"]) - set(manifest(smaller)["files"]))
-    assert gone == ["data/wit/none/train-00000.parquet"]
+    assert gone and all(p.startswith("data/") for p in gone)
     push(full, "org/shrink", endpoint=server.url, token=False)
     before = api(server).list_repo_commits("org/shrink", repo_type="dataset")
 
@@ -184,12 +184,14 @@ def test_invalid_folder_is_refused_before_any_network_call(server, tmp_path_fact
 def test_push_to_a_new_branch_creates_it_from_main_and_leaves_main_alone(server, tmp_path_factory, tmp_path):
     v1 = built_copy(tmp_path_factory, tmp_path / "v1")
     v2 = built_copy(tmp_path_factory, tmp_path / "v2", images=20, seed=1)
+    gone = tuple(sorted(set(manifest(v1)["files"]) - set(manifest(v2)["files"])))
+    assert gone
     push(v1, "org/branches", endpoint=server.url, token=False)
     main = api(server).dataset_info("org/branches").sha
 
     result = push(v2, "org/branches", endpoint=server.url, token=False, revision="v2-preview")
 
-    assert result.revision == "v2-preview" and result.deleted == ("data/wit/none/train-00000.parquet",)
+    assert result.revision == "v2-preview" and result.deleted == gone
     assert api(server).dataset_info("org/branches").sha == main
     commits = api(server).list_repo_commits("org/branches", repo_type="dataset", revision="v2-preview")
     assert commits[1].commit_id == main

@@ -1,4 +1,5 @@
-"""The Ray runner against a local Ray instance started here: output identical to the local runner's.
+"""The Ray runner on a two-node Ray cluster simulated here (`ray.cluster_utils.Cluster`): output identical
+to the local runner's.
 
 Skipped when Ray is not installed (`pip install 'hubsets[ray]'`; the `dev` extra includes it), except the
 check that a missing Ray is a clear error.
@@ -10,27 +11,36 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from hubsets import samples
 from hubsets.build import build
+from hubsets.build.ray_runner import run_calls
+from hubsets.build.task import Records, run_task
 from hubsets.builder import BuildError, Options, Task
-from hubsets.build.ray_runner import run_tasks
-from hubsets.build.task import Staging
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray instance (2 CPUs, no dashboard) for the module; yields its address."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'hubsets[ray]' to test --runner ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """A Ray cluster of two nodes (a head and a worker node, one CPU each, no dashboard) for the module;
+    yields its address. Tasks land on both nodes, which share this machine's filesystem, as nodes of a
+    real cluster share an NFS/Lustre mount."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'hubsets[ray]' to test --runner ray")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    ray.init(address=nodes.address, log_to_driver=False, configure_logging=False)
     try:
-        yield ray.get_runtime_context().gcs_address
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield nodes.address
     finally:
         ray.shutdown()
+        nodes.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -77,45 +87,38 @@ def test_cli_runner_ray_with_address(cluster, source, local, tmp_path):
 
 
 def test_a_failing_task_raises_its_own_error_naming_the_file(cluster, source, tmp_path):
-    staging = Staging(tmp_path / "out")
-    staging.root.mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    records = Records(out)
     files = sorted(p.relative_to(source).as_posix() for p in (source / "data").glob("*.parquet"))
     good, other, missing = Task(files[0]), Task(files[1]), Task("data/missing.jsonl")
     done: list[str] = []
 
     def run(name: str, todo: list[tuple[Task, str]], src: Path = source, limit: int | None = None) -> None:
-        run_tasks(name, todo, Options(source=src), staging, None, lambda: done.append("x"), max_in_flight=limit)
+        calls = [(name, task, i, Options(source=src), out, key) for i, (task, key) in enumerate(todo)]
+        where = [t.file if t.parts == 1 else f"{t.file} (part {t.part + 1}/{t.parts})" for t, _ in todo]
+        run_calls(run_task, calls, where, None, on_done=lambda _: done.append("x"), max_in_flight=limit)
 
     with pytest.raises(FileNotFoundError) as exc:  # the original type, one line, naming the task's file
         run("skvqa", [(good, "good"), (missing, "missing"), (other, "other")], limit=2)
     assert "data/missing.jsonl" in str(exc.value) and "\n" not in str(exc.value)
-    assert staging.done("good") and not staging.done("missing")  # a task already running still finishes
+    assert records.done("good") and not records.done("missing")  # a task already running still finishes
     with pytest.raises(FileNotFoundError):
         run("skvqa", [(missing, "missing"), (other, "never")], limit=1)
-    assert not staging.done("never")  # nothing new starts after a failure
+    assert not records.done("never")  # nothing new starts after a failure
     with pytest.raises(KeyError) as key_error:  # a KALE task with none of its planned options
         run("kale", [(Task("data_core_set/shard_000.parquet", part=1, parts=3), "kale")])
     assert "data_core_set/shard_000.parquet (part 2/3)" in str(key_error.value)
     with pytest.raises(BuildError) as unseen:
         run("skvqa", [(good, "elsewhere")], src=tmp_path / "not-shared")
     assert "is not visible on Ray node" in str(unseen.value) and "--source" in str(unseen.value)
-    assert not any(".tmp-" in p.name for p in staging.root.iterdir())
-
-
-def test_a_stopped_build_starts_nothing(cluster, source, tmp_path):
-    staging = Staging(tmp_path / "out")
-    staging.root.mkdir(parents=True)
-    stop = threading.Event()
-    stop.set()
-    run_tasks("skvqa", [(Task("data/x.parquet"), "k")], Options(source=source), staging, None, lambda: None,
-              stop=stop)
-    assert not staging.done("k")
+    assert not any(".tmp-" in p.name for p in records.root.iterdir())
 
 
 def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(BuildError, match=r"pip install 'hubsets\[ray\]'"):
-        run_tasks("skvqa", [], Options(source=tmp_path), Staging(tmp_path), None, lambda: None)
+        run_calls(run_task, [("skvqa",)], ["x"], None)
 
 
 def test_an_unreachable_address_fails_fast():

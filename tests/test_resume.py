@@ -15,7 +15,7 @@ import pytest
 from hubsets import samples
 from hubsets.build import build
 from hubsets.builder import Options
-from hubsets.build.task import STAGING
+from hubsets.layout import WORK as STAGING
 from hubsets.validate import validate_folder
 
 BUILD = """
@@ -28,7 +28,8 @@ if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a full disk, as seen by the writer: EFBIG from write()
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
-    build("skvqa", Options(source=Path(sys.argv[1])), Path(sys.argv[2]), progress=False)
+    build("skvqa", Options(source=Path(sys.argv[1])), Path(sys.argv[2]), progress=False,
+          workers=int(sys.argv[4]) if len(sys.argv) > 4 else 1)
 except BuildError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(1)
@@ -84,6 +85,27 @@ def test_sigkill_mid_build_then_resume_is_identical(source, reference, tmp_path)
     assert validate_folder(out) == []
 
 
+def test_killing_only_the_driver_stops_its_workers_and_the_rerun_is_identical(source, reference, tmp_path):
+    """SIGKILL to the driver alone: its worker processes exit by themselves (they would otherwise keep
+    writing into the folder), and the same command right away resumes and ends byte-identical."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(source), str(out), "0", "2"])
+    deadline = time.monotonic() + 120
+    while staged(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    build("skvqa", Options(source=source), out, progress=False, workers=2)
+    assert snapshot(out) == reference
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in children
+             if Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()}
+    assert not alive, alive
+
+
 def test_rerun_redoes_nothing_and_a_changed_input_redoes_only_its_task(source, reference, tmp_path):
     import shutil
 
@@ -119,7 +141,7 @@ def test_crash_between_shards_and_manifest_is_detected_and_repaired(source, refe
 
 def test_disk_full_gives_a_clear_error_and_resume_works(source, reference, tmp_path):
     out = tmp_path / "out"
-    full = subprocess.run([sys.executable, "-c", BUILD, str(source), str(out), str(60 * 1024)],
+    full = subprocess.run([sys.executable, "-c", BUILD, str(source), str(out), str(6 * 1024)],
                           capture_output=True, text=True)
     assert full.returncode == 1, full.stderr
     assert "File too large" in full.stderr and "run the same command again" in full.stderr

@@ -1,105 +1,44 @@
-"""Run a builder end to end in two phases: stage every task, then merge the stages into the dataset.
+"""Run a builder end to end: plan, run the tasks (each writes its own final shards), drop duplicate ids
+across tasks, then write rejects, manifest and card.
 
-1. **Stage** (parallel, resumable): each task is read, validated, image-checked and filter-tagged into its
-   own staged folder (`hubsets.build.task`), published atomically. Tasks already staged by an earlier run with
-   the same inputs and options are not redone, so a build killed at any moment resumes where it was.
-   Workers write their results to disk, so nothing large crosses process boundaries.
-2. **Merge** (cheap, Arrow-level): staged rows are streamed in plan order into the partitioned writer,
-   duplicate ids become rejects, then rejects, manifest and card are written, last of all. The output is a
-   deterministic function of the input and options: identical whatever the worker count or the resumes.
+The driver only plans, schedules, checks and records: it never reads an image byte. Each task
+(`hubsets.build.task`) reads its slice of the release and writes its rows straight into the shards of
+the partitions it touches, then publishes a small record (counters, rejects, the digests of its ids).
+Tasks already recorded by an earlier run with the same inputs and options are not redone, so a build
+killed at any moment, driver or workers, resumes where it was; workers die with their driver. Duplicate
+ids across tasks are found from the recorded digests (`dedupe`) and removed by rewriting only the
+affected partitions of the later task. The output is a deterministic function of the input and options:
+byte-identical whatever the runner, the worker count or the resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from tqdm import tqdm
-
 import hubsets
-from hubsets import card, lock, pylist, registry, sources
+from hubsets import card, layout, lock, progress, registry, sources
+from hubsets.build import dedupe
+from hubsets.build.shards import WrittenFile, describe
+from hubsets.build.task import Records, TaskStats, run_task, task_key
 from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task
-from hubsets.build.task import IMAGE_REFS, PARTITION_COLUMNS, STAGING, Staging, TaskStats, run_task, task_key
-from hubsets.build.shards import ENCODED_SCHEMA, ShardWriter, WrittenFile, describe, encoded_images
 
-MANIFEST = "hubsets.json"
-REJECTS = "rejects/rejects.jsonl"
-CACHE = ".cache"
-"""Builders' caches under the output folder; never deleted by a rebuild, never part of the dataset."""
-KEPT = (CACHE, STAGING, lock.LOCK)
+MANIFEST = layout.MANIFEST
+REJECTS = layout.REJECTS
+CACHE = layout.CACHE
+KEPT = (layout.CACHE, layout.WORK, layout.LOCK)
 RUNNERS = ("local", "ray")
-
-
-class _SeenIds:
-    """Exact duplicate-id detection over 16-byte digests: the latest ids in a set, older ones in sorted numpy
-    runs (the two 64-bit halves of each digest) merged like a log-structured tree. ~26 bytes per id instead of
-    ~100 for a set of digests: 10M ids take 250 MB, not 1 GB; KALE's 218M, 6 GB, not 21 GB."""
-
-    RECENT = 1 << 18
-    """Ids kept in the set before they are sorted into a run."""
-
-    def __init__(self) -> None:
-        self._recent: set[bytes] = set()
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (high, low) halves sorted by high; largest first
-
-    @staticmethod
-    def _digest(record_id: str) -> bytes:
-        return hashlib.blake2b(record_id.encode("utf-8"), digest_size=16).digest()
-
-    def add_many(self, record_ids: Sequence[str]) -> list[bool]:
-        """For each id, in order: True when new, False when seen before (earlier in `record_ids` included)."""
-        digests = [self._digest(r) for r in record_ids]
-        known = np.zeros(len(digests), dtype=bool)
-        if self._runs and digests:
-            halves = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-            order = np.argsort(halves[:, 0])
-            high, low = halves[order, 0], halves[order, 1]
-            found = np.zeros(len(digests), dtype=bool)
-            for run_high, run_low in self._runs:
-                at = np.minimum(np.searchsorted(run_high, high), len(run_high) - 1)
-                same_high = run_high[at] == high
-                found |= same_high & (run_low[at] == low)
-                for i in np.flatnonzero(same_high & ~found):  # other ids with the same high half (rare)
-                    j = int(at[i]) + 1
-                    while not found[i] and j < len(run_high) and run_high[j] == high[i]:
-                        found[i] = run_low[j] == low[i]
-                        j += 1
-            known[order] = found
-        fresh = []
-        for digest, old in zip(digests, known.tolist(), strict=True):
-            new = not old and digest not in self._recent
-            if new:
-                self._recent.add(digest)
-            fresh.append(new)
-        if len(self._recent) >= self.RECENT:
-            self._compact()
-        return fresh
-
-    def _compact(self) -> None:
-        halves = np.frombuffer(b"".join(self._recent), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        self._recent = set()
-        order = np.argsort(halves[:, 0])
-        high, low = halves[order, 0], halves[order, 1]
-        while self._runs and len(self._runs[-1][0]) <= 2 * len(high):
-            old_high, old_low = self._runs.pop()
-            high, low = np.concatenate([old_high, high]), np.concatenate([old_low, low])
-            order = np.argsort(high, kind="stable")  # two sorted runs: a linear merge
-            high, low = high[order], low[order]
-        self._runs.append((high, low))
 
 
 @lock.holding("out")  # one build per --out: a second one stops at once, naming the holder's pid
@@ -109,8 +48,8 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
           discard_staging: bool = False) -> dict[str, Any]:
     """Build dataset `name` from `options.source` into `out`; returns the manifest.
 
-    Staged tasks (`<out>/.hubsets-build/`) are kept so that a rebuild resumes; with `discard_staging` they
-    are deleted once the build has succeeded (they hold a copy of every distinct image).
+    Task records (`<out>/.hubsets-build/`: counters, rejects and 16 bytes per row, no images) are kept so
+    that a rebuild resumes; with `discard_staging` they are deleted once the build has succeeded.
 
     Raises `BuildError` when accounting does not add up, when writing fails (e.g. the disk is full: free
     space and run the same command again to resume), when an input file is a symlink out of the source, or
@@ -131,32 +70,39 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
         raise BuildError(f"no input files found under {options.source} for {name}")
     _check_inputs(options.source, tasks)
     started = time.time()
-    staging = Staging(out)
-    keys = [task_key(builder, task, options) for task in tasks]
-    invalidated = staging.prune(set(keys))
-    todo = [(task, key) for task, key in zip(tasks, keys, strict=True) if not staging.done(key)]
-    if invalidated:
-        say(f"hubsets: {len(invalidated)} staged task(s) no longer match the input or options and will be redone")
-    if len(todo) < len(tasks):
-        say(f"hubsets: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
+    records = Records(out)
+    shard_options = writer_options or {}
+    keys = [task_key(builder, task, options, shard_options) for task in tasks]
+    if len(set(keys)) != len(keys):
+        raise BuildError(f"the {name} builder planned the same task twice; this is a bug in its plan()")
     extra: Counter[str] = Counter()
     plan_stats = getattr(builder, "plan_stats", None)
     if plan_stats is not None:
         extra.update(plan_stats(options, tasks))
-    stop = threading.Event()
     try:
-        _prepare_out(out)
-        # Staging runs on a background thread (its heavy parts release the GIL or run in worker processes)
-        # while the merge consumes finished tasks in plan order, so merging overlaps with staging.
-        with ThreadPoolExecutor(1, thread_name_prefix="hubsets-stage") as pool:
-            staged = pool.submit(_stage, name, todo, options, staging, workers, runner, ray_address, progress, stop)
-            try:
-                files, read, rejects, bad_files = _merge(builder, keys, staging, out, writer_options or {}, extra,
-                                                         lambda key: _wait_staged(staging, key, staged))
-            except BaseException:
-                stop.set()
-                raise
-            staged.result()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # first: a folder being rebuilt must not look finished
+        invalidated = records.prune(set(keys))
+        invalidated += _check_records(out, records, keys)
+        _renumber(out, records, keys)
+        _sweep(out, records, keys)
+        todo = [(i, task, key) for i, (task, key) in enumerate(zip(tasks, keys, strict=True))
+                if not records.done(key)]
+        if invalidated:
+            say(f"hubsets: {len(invalidated)} finished task(s) no longer match the input or options and will "
+                "be redone")
+        if len(todo) < len(tasks):
+            say(f"hubsets: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
+        with _Pool(workers, runner, ray_address) as pool:
+            shown = _Shown(progress, len(todo))
+            with shown.bar:
+                pool.run(run_task, [(name, task, i, options, out, key, shard_options) for i, task, key in todo],
+                         [_where(task) for _, task, _ in todo], on_done=shown.done)
+            _check_visible(records, [key for _, _, key in todo])
+            _dedupe(pool, out, records, name, tasks, keys, options, shard_options)
+        stats = [records.stats(key) for key in keys]
+        files = sorted((f for s in stats for f in s.written()), key=lambda f: f.path)
+        read, rejects, bad_files = _collect(out, records, keys, stats, builder, extra)
     except OSError as exc:
         raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished tasks are kept and the build resumes") from exc
@@ -166,7 +112,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
                          {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
     _check_accounting(manifest)
-    (out / "README.md").write_text(card.render(builder, manifest), encoding="utf-8")
+    (out / layout.CARD).write_text(card.render(builder, manifest), encoding="utf-8")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if bad_files and not allow_bad_files:
         first = bad_files[0]
@@ -175,7 +121,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
                          f"into {out}; fix or re-download the file and run the same command again, or pass "
                          "--allow-bad-files to publish without the rest")
     if discard_staging:
-        shutil.rmtree(out / STAGING, ignore_errors=True)
+        shutil.rmtree(out / layout.WORK, ignore_errors=True)
     return manifest
 
 
@@ -187,155 +133,214 @@ def _check_inputs(source: Path, tasks: list[Task]) -> None:
             raise BuildError(problem)
 
 
-def _wait_staged(staging: Staging, key: str, staged: Future[None]) -> None:
-    """Block until task `key` is staged; re-raise the staging failure if there was one."""
-    while not staging.done(key):
-        if staged.done():
-            staged.result()
-            if not staging.done(key):
-                raise BuildError(f"staged task {key} is missing after staging finished (was {STAGING} edited?)")
-        time.sleep(0.005)
-
-
-def _stage(name: str, todo: list[tuple[Task, str]], options: Options, staging: Staging, workers: int,
-           runner: str, ray_address: str | None, progress: bool | None, stop: threading.Event) -> None:
-    """Run the tasks not staged yet; each publishes its own folder, so any subset may be lost to a crash."""
-    if not todo:
-        return
-    staging.root.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), unit="task", disable=(None if progress is None else not progress),
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        if runner == "ray":
-            from hubsets.build.ray_runner import run_tasks
-
-            run_tasks(name, todo, options, staging, ray_address, on_done=lambda: bar.update(1), stop=stop)
-        elif workers <= 1:
-            for task, key in todo:
-                if stop.is_set():
-                    return
-                run_task(name, task, options, staging.path(key))
-                bar.update(1)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = [pool.submit(run_task, name, task, options, staging.path(key)) for task, key in todo]
-                for future in as_completed(futures):
-                    if stop.is_set():
-                        pool.shutdown(cancel_futures=True)
-                        return
-                    future.result()
-                    bar.update(1)
-    finally:
-        bar.close()
-
-
 def _check_out(out: Path) -> None:
     """Refuse an output folder that is not empty and not a hubsets build (a killed build counts as one)."""
     if (out.exists() and any(c.name not in KEPT for c in out.iterdir())
-            and not any((out / marker).exists() for marker in (MANIFEST, "data", "rejects"))):
+            and not any((out / marker).exists() for marker in (MANIFEST, layout.DATA, "rejects"))):
         raise BuildError(f"output folder {out} is not empty and is not a hubsets build; choose another --out")
 
 
-def _prepare_out(out: Path) -> None:
-    """Clear the previous result (data, rejects, card, manifest); keep caches and staged tasks."""
-    _check_out(out)
-    (out / MANIFEST).unlink(missing_ok=True)  # first: a half-merged folder must not look finished
-    for child in ("data", "rejects"):
-        shutil.rmtree(out / child, ignore_errors=True)
-    (out / "README.md").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+def _where(task: Task) -> str:
+    return task.file if task.parts == 1 else f"{task.file} (part {task.part + 1}/{task.parts})"
 
 
-def _merge(builder: Builder, keys: list[str], staging: Staging, out: Path, writer_options: dict[str, Any],
-           extra: Counter[str], wait: Callable[[str], None],
-           ) -> tuple[list[WrittenFile], Counter[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Stream staged tasks, in plan order (waiting for each to be staged), into the final shards and rejects;
-    also returns the unreadable input files the tasks recorded."""
-    writer = ShardWriter(out, **writer_options)
-    seen = _SeenIds()
+class _Shown:
+    """The build's progress: tasks done of total, rows/s and MB/s written, ETA (`hubsets.progress`)."""
+
+    def __init__(self, enabled: bool | None, total: int) -> None:
+        self.bar = progress.Progress("build", total=total, unit="task", enabled=enabled if total else False)
+
+    def done(self, stats: TaskStats) -> None:
+        self.bar.update(1, rows=sum(stats.read.values()), bytes=sum(f["bytes"] for f in stats.files))
+
+
+def _check_visible(records: Records, keys: list[str], patience: float = 10.0) -> None:
+    """Every task that ran has its record visible here (a shared filesystem may show it a little late)."""
+    deadline = time.monotonic() + patience
+    for key in keys:
+        while not records.done(key):
+            if time.monotonic() > deadline:
+                raise BuildError(f"a finished task's record is not visible at {records.path(key)}: --runner ray "
+                                 "needs --out on a filesystem that every node mounts at the same path")
+            time.sleep(0.2)
+
+
+def _check_records(out: Path, records: Records, keys: list[str]) -> list[str]:
+    """Drop finished records whose shards are not on disk as recorded (deleted, or a rewrite that a kill
+    interrupted): their tasks run again. Costs a `stat` per file."""
+    bad = []
+    for key in keys:
+        if records.done(key):
+            for entry in records.stats(key).files:
+                path = out / entry["path"]
+                if not path.is_file() or path.stat().st_size != entry["bytes"]:
+                    shutil.rmtree(records.path(key), ignore_errors=True)
+                    bad.append(key)
+                    break
+    return bad
+
+
+def _renumber(out: Path, records: Records, keys: list[str]) -> None:
+    """Rename the shards of finished tasks whose place in the plan changed (an input file was added or
+    removed before them), so names keep following the plan; in two steps, as new names may be old ones."""
+    moves: list[tuple[str, TaskStats, list[tuple[Path, Path]]]] = []
+    for index, key in enumerate(keys):
+        if not records.done(key):
+            continue
+        stats = records.stats(key)
+        if stats.index == index:
+            continue
+        pairs = []
+        for entry in stats.files:
+            old = Path(entry["path"])
+            split, _, n = old.stem.rsplit("-", 2)
+            new = old.with_name(layout.shard_name(split, index, int(n)))
+            pairs.append((old, new))
+            entry["path"] = new.as_posix()
+        stats.index = index
+        moves.append((key, stats, pairs))
+    for key, _, pairs in moves:
+        for old, _new in pairs:
+            os.replace(out / old, out / old.with_name(f".{old.name}.{key}.moving"))
+    for key, stats, pairs in moves:
+        for old, new in pairs:
+            os.replace(out / old.with_name(f".{old.name}.{key}.moving"), out / new)
+        records.update(key, stats)
+
+
+def _sweep(out: Path, records: Records, keys: list[str]) -> None:
+    """Remove what no finished task claims: shards of tasks killed midway or no longer planned, temp files,
+    the previous rejects and card (written again at the end)."""
+    claimed = {entry["path"] for key in keys if records.done(key) for entry in records.stats(key).files}
+    data = out / layout.DATA
+    if data.is_dir():
+        for path in sorted(data.rglob("*"), reverse=True):
+            rel = path.relative_to(out).as_posix()
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif rel not in claimed:
+                path.unlink()
+    shutil.rmtree(out / "rejects", ignore_errors=True)
+    (out / layout.CARD).unlink(missing_ok=True)
+
+
+def _dedupe(pool: _Pool, out: Path, records: Records, name: str, tasks: list[Task], keys: list[str],
+            options: Options, shard_options: dict[str, Any]) -> None:
+    """Drop ids that an earlier task (in plan order) already wrote: find them bucket by bucket from the
+    recorded digests, then rewrite the affected tasks' partitions. A task that dropped ids no longer
+    duplicated (the earlier occurrence went away) runs again first, to get those rows back."""
+    rows = sum(len(records.ids(key)) for key in keys)
+    count = dedupe.buckets_for(rows)
+    found: dict[int, set[str]] = defaultdict(set)
+    calls = [(out, keys, b, count) for b in range(count)]
+    for result in pool.run(dedupe.bucket, calls, [f"dedupe bucket {b + 1}/{count}" for b in range(count)],
+                           inline=count == 1):
+        for position, drops in result.items():
+            found[position].update(drops)
+    redo, apply = [], []
+    for position, key in enumerate(keys):
+        want = sorted(found.get(position, ()))
+        have = records.stats(key).dropped
+        if want == have:
+            continue
+        if not set(have) <= set(want):
+            shutil.rmtree(records.path(key), ignore_errors=True)
+            redo.append((name, tasks[position], position, options, out, key, shard_options))
+        if want:
+            apply.append((out, key, want, shard_options))
+    pool.run(run_task, redo, [_where(call[1]) for call in redo])
+    pool.run(dedupe.apply, apply, [f"dropping duplicate ids from {len(call[2])} rows" for call in apply])
+
+
+def _collect(out: Path, records: Records, keys: list[str], stats: list[TaskStats], builder: Builder,
+             extra: Counter[str]) -> tuple[Counter[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Counters of all tasks, and `rejects/rejects.jsonl` written from their records, in plan order."""
     read: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []  # small: reasons and origins only are kept for the manifest
     bad_files: list[dict[str, Any]] = []
     reject_stats = getattr(builder, "reject_stats", None)
-    rejects_path = out / REJECTS
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(rejects_path, "w", encoding="utf-8") as sink:
-            for key in keys:
-                wait(key)
-                stats: TaskStats = staging.stats(key)
-                read.update(stats.read)
-                extra.update(stats.extra)
-                bad_files += stats.bad_files
-                for line in staging.rejects(key):
-                    sink.write(line)
-                    rejects.append(_reject_summary(json.loads(line)))
-                images = staging.images(key)
-                for batch in staging.rows(key):
-                    for entry in _write_batch(writer, batch, images, seen):
-                        sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                        rejects.append(_reject_summary(entry))
-                        if reject_stats is not None:
-                            extra.update(reject_stats(Reject(entry["file"], entry["row"], None, entry["origin"],
-                                                             entry["reason"], entry["detail"])))
-        return writer.close(), read, rejects, sorted(bad_files, key=lambda b: (b["file"], b["after_row"] or 0))
-    except BaseException:
-        writer.abort()
-        raise
+    path = out / REJECTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as sink:
+        for key, s in zip(keys, stats, strict=True):
+            read.update(s.read)
+            extra.update(s.extra)
+            bad_files += s.bad_files
+            for line in records.rejects(key):
+                sink.write(line)
+                rejects.append(_reject_summary(json.loads(line)))
+            for line in s.dropped_rejects:
+                sink.write(line)
+                entry = json.loads(line)
+                rejects.append(_reject_summary(entry))
+                if reject_stats is not None:
+                    extra.update(reject_stats(Reject(entry["file"], entry["row"], None, entry["origin"],
+                                                     entry["reason"], entry["detail"])))
+    return read, rejects, sorted(bad_files, key=lambda b: (b["file"], b["after_row"] or 0))
 
 
 def _reject_summary(entry: dict[str, Any]) -> dict[str, Any]:
     return {"origin": entry["origin"], "reason": entry["reason"], "rows": entry["rows"]}
 
 
-def _write_batch(writer: ShardWriter, batch: pa.RecordBatch, images: pa.Table,
-                 seen: _SeenIds) -> list[dict[str, Any]]:
-    """Route one staged batch to its partitions; returns reject entries for duplicate ids."""
-    ids = batch.column("id").to_pylist()
-    keep: list[int] = []
-    duplicates: list[dict[str, Any]] = []
-    for index, (record_id, new) in enumerate(zip(ids, seen.add_many(ids), strict=True)):
-        if new:
-            keep.append(index)
-            continue
-        meta = json.loads(batch.column("meta")[index].as_py() or "{}")
-        duplicates.append({"file": meta.get("source_file", "?"), "row": meta.get("source_row"),
-                           "upstream_id": meta.get("upstream_id"), "origin": batch.column("_origin")[index].as_py(),
-                           "reason": "duplicate_id", "detail": f"id {record_id} was already written", "rows": 1})
-    groups: dict[Partition, list[int]] = defaultdict(list)
-    split, origin, sig = (batch.column(c).to_pylist() for c in PARTITION_COLUMNS)
-    for index in keep:
-        groups[Partition(split[index], origin[index], sig[index])].append(index)
-    table = pa.Table.from_batches([batch])
-    window, low = _window(images, batch)
-    for partition, indices in groups.items():
-        part = table if len(indices) == len(ids) else table.take(pylist.array(indices, pa.int64()))
-        writer.write(partition, _with_images(part, window, low))
-    return duplicates
+def _die_with(parent: int) -> None:
+    """Worker initializer: exit as soon as the driver is gone (a killed driver must not leave workers writing
+    into the folder the next build uses)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hubsets-parent-watch", daemon=True).start()
 
 
-def _with_images(staged: pa.Table, window: pa.StructArray, low: int) -> pa.Table:
-    """The rows in the writer's schema: image references become a dictionary of the distinct images they
-    use (the one copy of the bytes the merge makes, never one per row). `window` holds the staged images
-    from index `low` on (`_window`)."""
-    refs = staged.column(IMAGE_REFS).combine_chunks()
-    flat = pylist.from_numpy(pylist.to_numpy(refs.flatten()) - low)
-    distinct = pc.unique(flat)
-    column = encoded_images(window.field("bytes").take(distinct), pc.index_in(flat, distinct),
-                            window.field("path").take(flat), pc.subtract(refs.offsets, refs.offsets[0]))
-    arrays = [column if name == "images" else staged.column(name) for name in ENCODED_SCHEMA.names]
-    return pa.Table.from_arrays(arrays, schema=ENCODED_SCHEMA)
+class _Pool:
+    """Where the build's calls run: inline (`workers` 1), local worker processes, or Ray."""
 
+    def __init__(self, workers: int, runner: str, ray_address: str | None) -> None:
+        self.workers, self.runner, self.ray_address = workers, runner, ray_address
+        self._processes: ProcessPoolExecutor | None = None
 
-def _window(images: pa.Table, batch: pa.RecordBatch) -> tuple[pa.StructArray, int]:
-    """The staged images a batch refers to, from its lowest reference to its highest, as one array, and the
-    lowest. A batch's images are adjacent in the staged file, so this reads those images alone (often without a
-    copy, from one memory-mapped chunk) instead of combining every image of the task into memory."""
-    refs = pylist.to_numpy(batch.column(IMAGE_REFS).flatten())
-    low, high = (int(refs.min()), int(refs.max()) + 1) if len(refs) else (0, 0)
-    window = images.slice(low, high - low).combine_chunks().to_struct_array()
-    return (window.chunk(0) if window.num_chunks == 1 else window.combine_chunks()), low
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._processes is not None:
+            self._processes.shutdown(cancel_futures=True)
+
+    def run(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str], *,
+            on_done: Callable[[Any], None] | None = None, inline: bool = False) -> list[Any]:
+        """`fn(*call)` for every call; results in the calls' order. The first failure stops new calls and is
+        raised once the running ones are done (their records are kept for the resume)."""
+        if not calls:
+            return []
+        if self.runner == "ray" and not inline:
+            from hubsets.build.ray_runner import run_calls
+
+            return run_calls(fn, calls, where, self.ray_address, on_done=on_done)
+        if self.workers <= 1 or inline:
+            results = []
+            for call in calls:
+                results.append(fn(*call))
+                if on_done is not None:
+                    on_done(results[-1])
+            return results
+        if self._processes is None:
+            self._processes = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_die_with, initargs=(os.getpid(),))
+        futures = {self._processes.submit(fn, *call): i for i, call in enumerate(calls)}
+        out: list[Any] = [None] * len(calls)
+        try:
+            for future in as_completed(futures):
+                out[futures[future]] = future.result()
+                if on_done is not None:
+                    on_done(out[futures[future]])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return out
 
 
 def config_files(builder: Builder, partitions: Iterable[Partition]) -> dict[str, dict[str, list[str]]]:
@@ -407,9 +412,19 @@ def _manifest(builder: Builder, options: Options, files: list[WrittenFile], read
         "rejects": {"file": REJECTS, "rows": sum(rejected.values()), "by_reason": dict(sorted(reasons.items())),
                     "by_origin": {o: dict(sorted(c.items())) for o, c in sorted(by_origin.items())},
                     "bad_files": bad_files},
-        "stats": dict(sorted(extra.items())),
+        "stats": _stats(extra),
         "provenance": {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "tasks": tasks},
     }
+
+
+def _stats(extra: Counter[str]) -> dict[str, Any]:
+    """The builders' counters, and the image bytes the shards store against the distinct images' bytes
+    (counted per task: an image that two tasks both write counts as distinct in each)."""
+    stats: dict[str, Any] = {k: v for k, v in sorted(extra.items()) if not k.startswith("image_bytes_")}
+    if extra["image_bytes_distinct"]:
+        stats["images"] = {"stored_bytes": extra["image_bytes_stored"],
+                           "distinct_bytes": extra["image_bytes_distinct"]}
+    return stats
 
 
 def _check_accounting(manifest: dict[str, Any]) -> None:

@@ -1,16 +1,17 @@
 """Partitioned parquet shard writer.
 
-Records are routed to partitions `(split, origin, signature)`; each partition is a folder of
-`<split>-NNNNN.parquet` files. Files carry the HF `Features` in their schema metadata, use zstd (except
-for encoded image bytes: JPEG/PNG/WebP do not compress, and zstd would only cost every reader a
-decompression pass over them), a page index and content-defined chunking (so the Hub's chunk dedup
-shares bytes across revisions), row groups sized for images (`row_group_bytes` of uncompressed data,
-never over the viewer's 300 MB) and roll over at `max_file_bytes`. Memory is bounded by `buffer_bytes`
-across all partitions: when the buffers together exceed it, the largest is spilled to a temporary Arrow stream
-on disk, and read back when its partition has a full row group. Row groups therefore reach `row_group_bytes`
-however many partitions the records interleave (SK-VQA has one per origin and filter signature), and where
-they end depends on the records alone, never on the memory budget. Output is a deterministic function of the
-record sequence; files appear under their final name only when complete.
+One build task's records are routed to partitions `(split, origin, signature)`; each partition is a
+folder, where the task writes `<split>-<task>-<n>.parquet` (`layout.shard_name`). Files carry the HF
+`Features` in their schema metadata, use zstd (except for encoded image bytes: JPEG/PNG/WebP do not
+compress, and zstd would only cost every reader a decompression pass over them), a page index and
+content-defined chunking (so the Hub's chunk dedup shares bytes across revisions), row groups sized for
+images (`row_group_bytes` of uncompressed data, never over the viewer's 300 MB) and roll over at
+`max_file_bytes`. Memory is bounded by `buffer_bytes` across all partitions: when the buffers together
+exceed it, the largest is spilled to a temporary Arrow stream on disk, and read back when its partition
+has a full row group. Row groups therefore reach `row_group_bytes` however many partitions the records
+interleave (SK-VQA has one per origin and filter signature), and where they end depends on the records
+alone, never on the memory budget. Output is a deterministic function of the record sequence; files
+appear under their final name only when complete.
 
 Image bytes travel dictionary-encoded (`ENCODED_IMAGES`): each row group holds one dictionary of its
 distinct images, so an image repeated on many rows (SK-VQA's QA pairs) is never copied, hashed or chunked
@@ -21,7 +22,6 @@ so every reader sees exactly `FEATURES`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shutil
 from collections import deque
@@ -39,12 +39,11 @@ import pyarrow.parquet as pq
 
 from hubsets import pylist, sources
 from hubsets.builder import Partition
+from hubsets.layout import sha256_file, shard_name
 from hubsets.schema import ARROW_SCHEMA
 
 MB = 1024 * 1024
 VIEWER_ROW_GROUP_LIMIT = 300 * MB
-SPILL = ".hubsets-spill"
-"""Under the output folder while writing: partitions' spilled rows (a dot-folder: never pushed or loaded)."""
 STORED_AS_IS = ("images.list.element.bytes",)
 """Leaf columns written uncompressed: already-compressed media."""
 _IMAGE = ARROW_SCHEMA.field("images").type.value_type
@@ -93,13 +92,6 @@ def release_unused() -> None:
     with the input instead of staying flat; once per row group or task, this costs no measurable CPU."""
     pa.default_memory_pool().release_unused()
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -153,6 +145,15 @@ def _one_dictionary(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("images"), "images", column)
 
 
+def _dictionary_bytes(table: pa.Table) -> int:
+    """Bytes of the distinct images a row group stores (its image dictionaries)."""
+    total = 0
+    for chunk in table.column("images").chunks:
+        values = chunk.flatten().field("bytes").dictionary
+        total += int(pc.sum(pc.binary_length(values)).as_py() or 0)
+    return total
+
+
 class ShardWriter:
     """Streams records into partitioned parquet shards under `out`.
 
@@ -160,7 +161,7 @@ class ShardWriter:
     background thread (pyarrow releases the GIL there), so writing overlaps with reading and image checks.
     At most `_MAX_PENDING` row groups wait for the writer thread, which keeps memory bounded.
 
-    `buffer_bytes` defaults to a quarter of a row group: partitions spill (`SPILL`, under `out`) beyond it, so the
+    `buffer_bytes` defaults to a quarter of a row group: partitions spill (to `spill_dir`) beyond it, so the
     writer holds the buffers, the group being assembled or written, and parquet's own copy of that group's
     image dictionary: about four row groups whatever the size of the dataset. A larger budget spills less, for
     more memory; the files are the same either way.
@@ -168,8 +169,8 @@ class ShardWriter:
 
     _MAX_PENDING = 1
 
-    def __init__(self, out: Path, *, row_group_bytes: int = 64 * MB,
-                 row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
+    def __init__(self, out: Path, *, task: int = 0, spill_dir: Path | None = None,
+                 row_group_bytes: int = 64 * MB, row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
                  buffer_bytes: int | None = None) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
@@ -182,11 +183,14 @@ class ShardWriter:
         self._open: dict[Partition, _Open] = {}
         self._buffered = 0
         self._spills = 0
-        self._spill_dir = out / SPILL
+        self.task = task
+        self._spill_dir = spill_dir if spill_dir is not None else out / ".hubsets-spill"
         shutil.rmtree(self._spill_dir, ignore_errors=True)  # left by a writer that was killed
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubsets-writer")
         self._pending: deque[Future[None]] = deque()
         self.files: list[WrittenFile] = []
+        self.image_bytes = 0
+        """Image bytes stored: each row group's distinct images (an image in two groups counts twice)."""
         self._codecs = {path: "none" if path in STORED_AS_IS else "zstd" for path in leaf_paths(self.schema)}
         self._file_metadata = {"ARROW:schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
                                **{k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}}
@@ -260,7 +264,7 @@ class ShardWriter:
 
     def _final_path(self, state: _Open) -> Path:
         p = state.partition
-        return self.out / p.directory / f"{p.split}-{state.file_index:05d}.parquet"
+        return self.out / p.directory / shard_name(p.split, self.task, state.file_index)
 
     def _spill(self, state: _Open) -> None:
         """Move a partition's buffered rows to its spill stream (each batch keeps its own image dictionary)."""
@@ -295,6 +299,7 @@ class ShardWriter:
         if not table.schema.equals(ENCODED_SCHEMA):
             raise ValueError(f"rows for {state.partition} do not have the unified schema")
         table = _one_dictionary(table)
+        self.image_bytes += _dictionary_bytes(table)
         self._buffered -= state.nbytes
         state.tables = []
         state.rows = 0

@@ -1,20 +1,21 @@
-"""Phase 1 of a build: process one task into a staged, atomically published folder.
+"""One build task: a slice of the upstream release, read, checked and written into its final shards.
 
-A task's output (accepted rows with their partition, rejects, counters) lands in
-`<out>/.hubsets-build/tasks/<key>/`, written under a temporary name and renamed when complete, so a
-folder that exists is a finished task: that is the journal a resumed build reads. The key hashes the
-builder and its version, the task, the options that change results, and the size and mtime of the input
-files it reads (its own, and any in its `READS` option), so a changed input or option invalidates exactly
-the tasks it affects.
+A task runs in a worker process or a Ray task. It reads its slice through the builder, validates each
+record, integrity-checks its images (once per distinct image), tags filters, drops ids it has already
+written, and streams the rows straight into the final parquet shards of each partition it touches
+(`data/<origin>/<signature>/<split>-<task>-<n>.parquet`, `layout.shard_name`). Then it publishes its
+record, `<out>/.hubsets-build/tasks/<key>/`, under a temporary name renamed when complete: a record that
+exists is a finished task, the journal a resumed build reads. It holds the task's counters and files
+(`stats.json`), its rejects (`rejects.jsonl`) and the 16-byte digests of the ids it wrote (`ids.npy`,
+sorted), from which `dedupe` finds ids that two tasks both wrote without reading any shard.
 
-Each distinct image is staged once (`images.arrow`) and rows refer to it by index (`_images`): per-QA
-layouts such as SK-VQA repeat an image on every QA row, and copying those bytes at every step would cost
-more than checking the image. The merge hands the writer a dictionary of the images each batch uses, so
-the bytes are never repeated per row.
+The key hashes the builder and its version, the task, the options that change results and the size and
+mtime of the input files it reads (its own, and any in its `READS` option), so a changed input or option
+invalidates exactly the tasks it affects. The task's number (its place in the plan) is not in the key: it
+only names the files, and the driver renames them when the plan around an unchanged task changes.
+
 A reader's `sources.SourceError` (a file unreadable from some point on) does not fail the task: the rows
 yielded before it are kept, and the file is recorded in the task's stats (`bad_files`), not counted as rows.
-Staged files are uncompressed Arrow IPC: writing them is a copy, and the merge memory-maps them, so
-staging costs little next to the image check that dominates a task.
 """
 
 from __future__ import annotations
@@ -26,43 +27,48 @@ import os
 import re
 import shutil
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from hubsets import images, pylist, registry, schema, sources
+from hubsets import images, layout, pylist, registry, schema, sources
+from hubsets.build.shards import ENCODED_SCHEMA, ShardWriter, WrittenFile, encoded_images, release_unused
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
 from hubsets.filters import signature
-from hubsets.build.shards import release_unused
 
-STAGING = ".hubsets-build"
-"""Under the output folder: staged task results. A dot-folder, so it is never pushed or loaded."""
-ROWS, IMAGES, REJECTS, STATS = "rows.arrow", "images.arrow", "rejects.jsonl", "stats.json"
-PARTITION_COLUMNS = ("_split", "_origin", "_signature")
-IMAGE_REFS = "_images"
-IMAGE_TYPE = schema.ARROW_SCHEMA.field("images").type.value_type
-STAGED_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS]
-                          + [pa.field(IMAGE_REFS, pa.list_(pa.int64()))]
-                          + [f for f in schema.ARROW_SCHEMA if f.name != "images"])
-IMAGES_SCHEMA = pa.schema(list(IMAGE_TYPE))
+TASKS = f"{layout.WORK}/tasks"
+STATS, REJECTS, IDS = "stats.json", "rejects.jsonl", "ids.npy"
+FORMAT = 5
+"""Version of the task record and shard naming; part of every task key, so an upgrade never reuses old ones."""
 BATCH_BYTES = 32 * 1024 * 1024
-RECENT_IMAGES = 64
-"""Images a task remembers by identity: enough for adjacent rows, and the memory of 64 images, not of a task's."""
-FORMAT = 4
-"""Version of the staged layout; part of every task key, so a hubsets upgrade never reuses old stages."""
+BATCH_ROWS = 4096
 SPLIT = re.compile(r"[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64})*")
-"""A split name: the Hub's rule (`\\w+(\\.\\w+)*`) in ASCII, as it names files (`<split>-NNNNN.parquet`)."""
+"""A split name: the Hub's rule (`\\w+(\\.\\w+)*`) in ASCII, as it names files (`<split>-....parquet`)."""
+_ROW_SCHEMA = pa.schema([f for f in ENCODED_SCHEMA if f.name != "images"])
+
+
+def digest(record_id: str) -> bytes:
+    """The 16-byte digest duplicate detection compares (blake2b: fast, and collisions are not a concern)."""
+    return hashlib.blake2b(record_id.encode("utf-8"), digest_size=16).digest()
+
+
+def digests_array(values: list[bytes]) -> np.ndarray:
+    """Digests as a `[n, 2]` uint64 array (high, low halves), sorted by the high half."""
+    halves = np.frombuffer(b"".join(values), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    return halves[np.argsort(halves[:, 0], kind="stable")]
 
 
 @dataclass
 class TaskStats:
-    """Counters of one task, merged by the build (all keyed by origin unless said otherwise)."""
+    """What a task's record says (counters keyed by origin unless said otherwise)."""
 
+    index: int = 0
+    """The task's place in the plan when its files were named."""
     read: Counter[str] = field(default_factory=Counter)
     accepted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
@@ -70,19 +76,34 @@ class TaskStats:
     """Builder-specific counters (`record_stats` / `reject_stats` hooks), not keyed by origin."""
     bad_files: list[dict[str, Any]] = field(default_factory=list)
     """Input files the task could not read to the end (`sources.SourceError.bad_file`)."""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """The shards it wrote, as they are on disk now (`WrittenFile` fields)."""
+    dropped: list[str] = field(default_factory=list)
+    """Hex digests of ids removed from its shards because an earlier task wrote them (`dedupe`)."""
+    dropped_rejects: list[str] = field(default_factory=list)
+    """The reject lines of those rows, in the order the shards held them."""
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) if f.name == "bad_files" else dict(sorted(getattr(self, f.name).items()))
-                for f in fields(self)}
+        return {f.name: dict(sorted(value.items())) if isinstance(value := getattr(self, f.name), Counter)
+                else value for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskStats:
-        counters = {k: Counter(v) for k, v in data.items() if k != "bad_files"}
-        return cls(**counters, bad_files=list(data.get("bad_files", [])))
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: Counter(v) if isinstance(v, dict) else v for k, v in data.items() if k in names}
+        return cls(**values)
+
+    def written(self) -> list[WrittenFile]:
+        return [WrittenFile(**{**f, "partition": Partition(**f["partition"])}) for f in self.files]
 
 
-def task_key(builder: Builder, task: Task, options: Options) -> str:
-    """Identity of a task's result: changes whenever something that could change it changes."""
+def file_entry(written: WrittenFile) -> dict[str, Any]:
+    return {**dataclasses.asdict(written), "partition": dataclasses.asdict(written.partition)}
+
+
+def task_key(builder: Builder, task: Task, options: Options, writer_options: dict[str, Any] | None = None) -> str:
+    """Identity of a task's result: changes whenever something that could change it changes (also the
+    shard sizes, `writer_options`)."""
     fingerprints: list[list[int] | None] = []
     for file in (task.file, *task.options.get(READS, ())):
         try:
@@ -95,17 +116,18 @@ def task_key(builder: Builder, task: Task, options: Options) -> str:
         "task": {"file": task.file, "part": task.part, "parts": task.parts, "options": dict(task.options)},
         "options": {"columns": dict(options.columns), "settings": dict(options.settings),
                     "max_pixels": options.max_pixels, "revision": options.revision},
-        "input": fingerprints,
+        "input": fingerprints, "writer": dict(sorted((writer_options or {}).items())),
     }
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-class Staging:
-    """The staged task folders of one build output."""
+class Records:
+    """The task records of one build output (`<out>/.hubsets-build/tasks/<key>/`)."""
 
     def __init__(self, out: Path) -> None:
-        self.root = out / STAGING / "tasks"
+        self.out = out
+        self.root = out / TASKS
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -113,8 +135,15 @@ class Staging:
     def done(self, key: str) -> bool:
         return (self.path(key) / STATS).is_file()
 
+    def keys(self) -> list[str]:
+        """Keys of the finished records."""
+        if not self.root.is_dir():
+            return []
+        return sorted(c.name for c in self.root.iterdir() if ".tmp-" not in c.name and self.done(c.name))
+
     def prune(self, keep: set[str]) -> list[str]:
-        """Remove staged results no task needs any more (changed inputs/options) and unfinished temp folders."""
+        """Remove records no task needs any more (changed inputs/options) and unfinished temp folders;
+        their shards become unclaimed and the driver removes them."""
         removed = []
         if self.root.is_dir():
             for child in sorted(self.root.iterdir()):
@@ -124,28 +153,22 @@ class Staging:
                         removed.append(child.name)
         return removed
 
-    def rows(self, key: str) -> Iterator[pa.RecordBatch]:
-        """Staged rows (without image bytes: `_images` holds indexes into `images(key)`), memory-mapped."""
-        path = self.path(key) / ROWS
-        if path.is_file():
-            reader = pa.ipc.open_file(pa.memory_map(str(path)))
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
+    def stats(self, key: str) -> TaskStats:
+        return TaskStats.from_json(json.loads((self.path(key) / STATS).read_text(encoding="utf-8")))
 
-    def images(self, key: str) -> pa.Table:
-        """The task's distinct images (`bytes`, `path` columns), indexed by `_images`: memory-mapped and never
-        combined, so the merge copies only the images a batch uses (`hubsets.build._window`)."""
-        path = self.path(key) / IMAGES
-        if not path.is_file():
-            return IMAGES_SCHEMA.empty_table()
-        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    def update(self, key: str, stats: TaskStats) -> None:
+        """Replace a finished record's stats atomically (after a rename or a dedupe rewrite)."""
+        tmp = self.path(key) / f".{STATS}.tmp"
+        tmp.write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path(key) / STATS)
 
     def rejects(self, key: str) -> Iterator[str]:
         with open(self.path(key) / REJECTS, encoding="utf-8") as f:
             yield from f
 
-    def stats(self, key: str) -> TaskStats:
-        return TaskStats.from_json(json.loads((self.path(key) / STATS).read_text(encoding="utf-8")))
+    def ids(self, key: str) -> np.ndarray:
+        """The `[n, 2]` uint64 digests of the ids the task wrote, sorted by the high half (memory-mapped)."""
+        return np.load(self.path(key) / IDS, mmap_mode="r", allow_pickle=False)
 
 
 class _ImageChecker:
@@ -197,149 +220,150 @@ def _accept(builder: Builder, item: Row, check: _ImageChecker) -> tuple[Partitio
     return Partition(item.split, origin, signature(builder.FILTERS, record)), record
 
 
-def run_task(name: str, task: Task, options: Options, folder: Path) -> TaskStats:
-    """Process `task` into `folder` (published atomically). Runs in a worker process or a Ray task."""
+def run_task(name: str, task: Task, index: int, options: Options, out: Path, key: str,
+             writer_options: dict[str, Any] | None = None) -> TaskStats:
+    """Process `task` (number `index` of the plan) into its shards under `out` and publish its record.
+    Runs in a worker process or a Ray task; only the small stats come back. `writer_options`: the
+    `ShardWriter` sizes (row groups, files, memory)."""
     builder = registry.get(name)
+    records = Records(out)
+    folder = records.path(key)
     tmp = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
+    writer = ShardWriter(out, task=index, spill_dir=tmp / "spill", **(writer_options or {}))
     try:
-        stats = _run(builder, task, options, tmp)
+        stats = _run(builder, task, options, tmp, writer)
+        stats.index = index
+        stats.files = [file_entry(f) for f in writer.close()]
+        stats.extra["image_bytes_stored"] += writer.image_bytes
         release_unused()
         (tmp / STATS).write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
+        if folder.exists():  # left by a run whose driver was killed before it recorded the result
+            shutil.rmtree(folder)
         os.replace(tmp, folder)
     except OSError as exc:
+        writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(exc.errno, f"staging {task.file} (part {task.part + 1}/{task.parts}) into {folder.parent}: "
+        raise OSError(exc.errno, f"task {task.file} (part {task.part + 1}/{task.parts}) writing into {out}: "
                                  f"{exc.strerror or exc}") from exc
     except BaseException:
+        writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stats
 
 
-class _ImageTable:
-    """A task's distinct images, appended in first-seen order; rows refer to them by index.
+class _Batch:
+    """Accepted rows waiting to be written, with their images kept once per distinct image object.
 
-    Identity (the same `bytes` object, as readers hand out for an image's adjacent rows) is the cheap test;
-    equal bytes in distinct objects are merely stored twice, never hashed.
+    This is the one place that decides how rows sharing an image are stored: readers hand the same `bytes`
+    object to every row of an image (SK-VQA's QA pairs), so identity finds the repeats without hashing,
+    and each partition's rows get a dictionary of just the images they use. The writer then merges the
+    dictionaries of a row group by value (`shards._one_dictionary`), so equal bytes in distinct objects are
+    stored once per row group as well.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._recent: dict[tuple[int, str | None], tuple[int, bytes]] = {}
-        """The latest images by identity, with the object itself (so its `id()` is not reused while indexed)."""
-        self._pending_data: list[bytes] = []
-        self._pending_paths: list[str | None] = []
-        self._pending_bytes = 0
-        self.staged_bytes = 0
-        """Bytes of all the images staged so far: the merge reads a batch's new images in one piece, so they count
-        towards the batch's size."""
-        self._count = 0
-        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.partitions: list[Partition] = []
+        self.refs: list[list[tuple[int, str | None]]] = []
+        self.data: list[bytes] = []
+        self._index: dict[int, int] = {}
+        self.nbytes = 0
+        self.distinct: dict[bytes, int] = {}
+        """Digest -> size of every distinct image the task has written (kept across batches)."""
 
-    def refs(self, images: list[dict[str, Any]]) -> list[int]:
-        out = []
-        for image in images:
-            key = (id(image["bytes"]), image["path"])
-            seen = self._recent.get(key)
-            if seen is not None:
-                index = seen[0]
-            else:
-                index = self._count
-                self._count += 1
-                self._recent[key] = (index, image["bytes"])
-                if len(self._recent) > RECENT_IMAGES:  # rows of one image are adjacent: the oldest is done
-                    del self._recent[next(iter(self._recent))]
-                self._pending_data.append(image["bytes"])
-                self._pending_paths.append(image["path"])
-                self._pending_bytes += len(image["bytes"])
-                self.staged_bytes += len(image["bytes"])
-                if self._pending_bytes >= BATCH_BYTES:
-                    self.flush()
-            out.append(index)
-        return out
+    def add(self, partition: Partition, record: schema.Record) -> None:
+        refs = []
+        for image in record["images"]:
+            data = image["bytes"]
+            at = self._index.get(id(data))
+            if at is None:
+                at = self._index[id(data)] = len(self.data)
+                self.data.append(data)  # held: its id() is not reused while indexed
+                self.nbytes += len(data)
+                self.distinct[hashlib.blake2b(data, digest_size=16).digest()] = len(data)
+            refs.append((at, image["path"]))
+        row = {k: v for k, v in record.items() if k != "images"}
+        row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
+        self.nbytes += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
+        if record["image_embedding"] is not None:
+            self.nbytes += len(record["image_embedding"]["data"])
+        self.rows.append(row)
+        self.partitions.append(partition)
+        self.refs.append(refs)
 
-    def flush(self) -> None:
-        if not self._pending_paths:
-            return
-        if self._writer is None:
-            self._writer = pa.ipc.new_file(str(self.path), IMAGES_SCHEMA)
-        self._writer.write_batch(pa.record_batch(
-            [pylist.array(self._pending_data, pa.binary()), pylist.array(self._pending_paths, pa.string())],
-            schema=IMAGES_SCHEMA))
-        self._pending_data, self._pending_paths, self._pending_bytes = [], [], 0
+    def full(self) -> bool:
+        return self.nbytes >= BATCH_BYTES or len(self.rows) >= BATCH_ROWS
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def write(self, writer: ShardWriter) -> None:
+        groups: dict[Partition, list[int]] = defaultdict(list)
+        for i, partition in enumerate(self.partitions):
+            groups[partition].append(i)
+        for partition, indices in groups.items():
+            writer.write(partition, self._table(indices))
+        self.rows, self.partitions, self.refs, self.data, self._index, self.nbytes = [], [], [], [], {}, 0
+
+    def _table(self, indices: list[int]) -> pa.Table:
+        uses = [ref for i in indices for ref in self.refs[i]]
+        distinct = sorted({at for at, _ in uses})
+        where = {at: k for k, at in enumerate(distinct)}
+        offsets = np.cumsum([0, *(len(self.refs[i]) for i in indices)], dtype=np.int32)
+        column = encoded_images(pylist.array([self.data[at] for at in distinct], pa.binary()),
+                                pylist.from_numpy(np.array([where[at] for at, _ in uses], dtype=np.int32)),
+                                pylist.array([path for _, path in uses], pa.string()), pylist.from_numpy(offsets))
+        rest = pylist.record_batch([self.rows[i] for i in indices], _ROW_SCHEMA)
+        arrays = [column if f.name == "images" else rest.column(f.name) for f in ENCODED_SCHEMA]
+        return pa.Table.from_arrays(arrays, schema=ENCODED_SCHEMA)
 
 
-def _run(builder: Builder, task: Task, options: Options, tmp: Path) -> TaskStats:
+def _run(builder: Builder, task: Task, options: Options, tmp: Path, writer: ShardWriter) -> TaskStats:
     stats = TaskStats()
     check = _ImageChecker(options.max_pixels)
     record_stats = getattr(builder, "record_stats", None)
     reject_stats = getattr(builder, "reject_stats", None)
-    rows: list[dict[str, Any]] = []
-    pending = 0
-    writer: pa.ipc.RecordBatchFileWriter | None = None
-    images = _ImageTable(tmp / IMAGES)
+    batch = _Batch()
+    seen: set[bytes] = set()
 
-    def flush() -> None:
-        nonlocal writer, pending
-        pending = 0
-        if not rows:
-            return
-        if writer is None:
-            writer = pa.ipc.new_file(str(tmp / ROWS), STAGED_SCHEMA)
-        writer.write_batch(pylist.record_batch(rows, STAGED_SCHEMA))
-        rows.clear()
+    def reject(result: Reject) -> None:
+        if not sources.is_segment(result.origin):  # the same origin as its accepted rows'
+            result = dataclasses.replace(result, origin=sources.path_segment(result.origin))
+        stats.read[result.origin] += result.count
+        stats.rejected[result.origin] += result.count
+        if reject_stats is not None:
+            stats.extra.update(reject_stats(result))
+        rejects.write(reject_line(result))
 
-    try:
-        with open(tmp / REJECTS, "w", encoding="utf-8") as rejects, sources.noting() as notes:
-            try:
-                for item in builder.read(task, options):
-                    result = _accept(builder, item, check) if isinstance(item, Row) else item
-                    if isinstance(result, Reject):
-                        if not sources.is_segment(result.origin):  # the same origin as its accepted rows'
-                            result = dataclasses.replace(result, origin=sources.path_segment(result.origin))
-                        stats.read[result.origin] += result.count
-                        stats.rejected[result.origin] += result.count
-                        if reject_stats is not None:
-                            stats.extra.update(reject_stats(result))
-                        rejects.write(reject_line(result))
-                        continue
-                    partition, record = result
-                    stats.read[partition.origin] += 1
-                    stats.accepted[partition.origin] += 1
-                    if record_stats is not None:
-                        stats.extra.update(record_stats(record))
-                    row = dict(record)
-                    row["meta"] = json.dumps(record["meta"], ensure_ascii=False, separators=(",", ":"))
-                    staged_bytes = images.staged_bytes
-                    row[IMAGE_REFS] = images.refs(record["images"])
-                    row["_split"], row["_origin"] = partition.split, partition.origin
-                    row["_signature"] = partition.signature
-                    rows.append(row)
-                    pending += 256 + len(row["meta"]) + len(record["context"] or "") + len(record["caption"] or "")
-                    pending += images.staged_bytes - staged_bytes
-                    if record["image_embedding"] is not None:
-                        pending += len(record["image_embedding"]["data"])
-                    if pending >= BATCH_BYTES or len(rows) >= 4096:
-                        flush()
-            except sources.SourceError as exc:  # the file stops here: what was read stays, the rest is not rows
-                stats.bad_files.append(exc.bad_file())
-            blank = notes.count("blank_lines", task.file)
-            if blank:
-                stats.extra["blank_lines"] += blank
-            flush()
-            images.flush()
-    except BaseException:
-        with suppress(Exception):  # the original error matters, not the broken writers' complaints
-            images.close()
-            if writer is not None:
-                writer.close()
-        raise
-    images.close()
-    if writer is not None:
-        writer.close()
+    with open(tmp / REJECTS, "w", encoding="utf-8") as rejects, sources.noting() as notes:
+        try:
+            for item in builder.read(task, options):
+                result = _accept(builder, item, check) if isinstance(item, Row) else item
+                if isinstance(result, Reject):
+                    reject(result)
+                    continue
+                partition, record = result
+                key = digest(record["id"])
+                if key in seen:  # first occurrence in the task wins; across tasks, `dedupe` decides
+                    upstream = record["meta"].get("upstream_id")
+                    assert isinstance(item, Row)
+                    reject(Reject(item.file, item.row, upstream, partition.origin, "duplicate_id",
+                                  f"id {record['id']} was already written"))
+                    continue
+                seen.add(key)
+                stats.read[partition.origin] += 1
+                stats.accepted[partition.origin] += 1
+                if record_stats is not None:
+                    stats.extra.update(record_stats(record))
+                batch.add(partition, record)
+                if batch.full():
+                    batch.write(writer)
+        except sources.SourceError as exc:  # the file stops here: what was read stays, the rest is not rows
+            stats.bad_files.append(exc.bad_file())
+        blank = notes.count("blank_lines", task.file)
+        if blank:
+            stats.extra["blank_lines"] += blank
+        batch.write(writer)
+    if batch.distinct:
+        stats.extra["image_bytes_distinct"] += sum(batch.distinct.values())
+    np.save(tmp / IDS, digests_array(sorted(seen)) if seen else np.zeros((0, 2), np.uint64), allow_pickle=False)
     return stats
