@@ -96,3 +96,14 @@ def tiny_qwen2vl(processor: Qwen2VLProcessor, seed: int = 0) -> Any:
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
     return Qwen2VLForConditionalGeneration(config)
+
+
+def llava_next_processor() -> Any:
+    """LLaVA-NeXT's anyres layout, small: a 28-pixel base tile and a grid chosen from the stored image size."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    images = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                     image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]])
+    template = CHAT_TEMPLATE.replace("IMAGE", "<image>")
+    return LlavaNextProcessor(images, tokenizer(LLAVA_SPECIALS), patch_size=14, num_additional_image_tokens=1,
+                              vision_feature_select_strategy="default", chat_template=template)

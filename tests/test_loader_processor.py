@@ -4,6 +4,7 @@ through `model(**batch)` of tiny randomly initialised LLaVA and Qwen2-VL models.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from loader_fixtures import photo_jpeg, record, write_repo
 from PIL import Image
-from processor_fixtures import llava_processor, qwen2vl_processor, tiny_llava, tiny_qwen2vl
+from processor_fixtures import llava_next_processor, llava_processor, qwen2vl_processor, tiny_llava, tiny_qwen2vl
 
 import hubsets
 from hubsets.loader import Processing
@@ -61,14 +62,18 @@ def _reference(processor: Any, batch_ids: list[str], messages: list[Any], images
 
 
 def _psnr(ours: torch.Tensor, theirs: torch.Tensor, processor: Any) -> float:
-    """PSNR in 8-bit units of two normalised pixel tensors (channel axis 1, as both processors lay it out)."""
+    """PSNR in 8-bit units of two normalised pixel tensors (channel axis 1, as the processors lay it out; -3 for
+    LLaVA-NeXT's [B, tiles, 3, h, w])."""
+    if ours.dim() == 5:
+        ours, theirs = ours.flatten(0, 1), theirs.flatten(0, 1)
     std = torch.tensor(processor.image_processor.image_std).view(1, 3, -1)
     a, b = ours.reshape(ours.shape[0], 3, -1), theirs.reshape(theirs.shape[0], 3, -1)
     mse = (((a - b) * std * 255) ** 2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-@pytest.mark.parametrize(("make", "floor"), [(llava_processor, 30), (qwen2vl_processor, 40)], ids=["llava", "qwen2vl"])
+@pytest.mark.parametrize(("make", "floor"), [(llava_processor, 30), (qwen2vl_processor, 40),
+                                             (llava_next_processor, 45)], ids=["llava", "qwen2vl", "llava-next"])
 def test_batches_match_the_processor_on_pil_images(repo: tuple[Path, dict[str, list[bytes]]], make: Any,
                                                    floor: float) -> None:
     root, images = repo
@@ -79,14 +84,13 @@ def test_batches_match_the_processor_on_pil_images(repo: tuple[Path, dict[str, l
     psnrs = []
     for batch in ours:
         ref = _reference(processor, batch["id"], batch["messages"], images)
-        assert torch.equal(batch["input_ids"], ref["input_ids"])
-        assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+        # every model input equal (input_ids, attention_mask, image_grid_thw, mm_token_type_ids, image_sizes)
+        assert set(batch) == {*ref.keys(), "labels", "id", "messages"} - {"assistant_masks"}
+        for name in set(ref.keys()) - {"pixel_values", "assistant_masks"}:
+            assert torch.equal(batch[name], ref[name]), name
         expected = ref["input_ids"].masked_fill(~ref["assistant_masks"].bool(), -100)
         assert torch.equal(batch["labels"], expected)
         assert (batch["labels"] != -100).any(dim=1).all()
-        if "image_grid_thw" in ref:
-            assert torch.equal(batch["image_grid_thw"], ref["image_grid_thw"])
-            assert torch.equal(batch["mm_token_type_ids"], ref["mm_token_type_ids"])
         assert batch["pixel_values"].shape == ref["pixel_values"].shape
         psnrs.append(_psnr(batch["pixel_values"], ref["pixel_values"], processor))
     # reduced-size JPEG decode + antialiased bilinear vs full decode + the processor's bicubic, on noise-like
@@ -136,7 +140,12 @@ def test_all_tokens_and_truncation(repo: tuple[Path, dict[str, list[bytes]]]) ->
 
 
 def test_geometry_follows_the_image_processor() -> None:
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        Idefics3ImageProcessor,
+        LlavaOnevisionImageProcessor,
+        SiglipImageProcessor,
+    )
 
     base = DecodeOptions()
     qwen = Processing(qwen2vl_processor(min_pixels=1000, max_pixels=9000)).decode_options(base)
@@ -149,8 +158,16 @@ def test_geometry_follows_the_image_processor() -> None:
     processor.image_processor = SiglipImageProcessor(size={"height": 48, "width": 48})
     siglip = Processing(processor).decode_options(base)
     assert (siglip.resize, siglip.image_size) == ("stretch", 48)
+    # anything else, tiling ones above all, gets images at their stored size and resizes them itself
+    native = dataclasses.replace(base, resize="fit", multiple_of=1, fit_min_pixels=1, fit_max_pixels=base.max_pixels)
     processor.image_processor = SiglipImageProcessor(size={"height": 48, "width": 64})
-    assert Processing(processor).decode_options(base) == base  # unknown geometry: decode as asked, it resizes
+    assert Processing(processor).decode_options(base) == native
+    processor.image_processor = CLIPImageProcessor(do_resize=False)
+    assert Processing(processor).decode_options(base) == native
+    assert Processing(llava_next_processor()).decode_options(base) == native
+    for tiling in (Idefics3ImageProcessor(), LlavaOnevisionImageProcessor()):
+        processor.image_processor = tiling
+        assert Processing(processor).decode_options(base) == native, type(tiling).__name__
 
 
 def test_bad_processors_are_one_line_errors() -> None:

@@ -4,10 +4,13 @@ The loader decodes each image straight to the size the processor's image process
 resize-shortest-edge + centre crop is `resize="crop"`; SigLIP's fixed square is `"stretch"`; Qwen2-VL's
 `smart_resize` is `resize="fit"` with its patch and pixel limits), so the processor gets uint8 tensors it
 has nothing left to resize in, and its own code does the rest (rescale, normalise, patchify, image-token
-expansion). Labels are the input ids on the assistant turns and -100 elsewhere: the character spans of the
-assistant turns are found by rendering the chat template on each prefix of the conversation (which works
-for any template that renders a conversation's prefix as a prefix of its text), then mapped through the
-processor's image-token expansion (`text_replacement_offsets`) onto the tokens' offsets.
+expansion). Any other image processor (tiling ones such as LLaVA-NeXT's anyres or Idefics3's splitting, which
+choose tiles from the stored size) gets each image decoded at its stored size, and resizes it itself.
+
+Labels are the input ids on the assistant turns and -100 elsewhere. The character spans of the assistant
+turns are found by rendering the chat template on each prefix of the conversation (which works for any
+template that renders a conversation's prefix as a prefix of its text), then mapped through the processor's
+image-token expansion (`text_replacement_offsets`) onto the tokens' offsets.
 
 transformers is imported by the processor the user passes, never here: the loader itself needs none.
 """
@@ -68,28 +71,28 @@ class Processing:
         return ("messages", "images", *self.keep)
 
     def decode_options(self, base: DecodeOptions) -> DecodeOptions:
-        """`base` with the geometry of the processor's image processor when it is one the loader knows; else
-        `base` as given (the processor then resizes what the loader decoded)."""
+        """The loader's decode for the processor's image processor: its own geometry when the loader knows it
+        (the processor then resizes nothing); else each image at its stored size (it resizes them itself, as
+        it would a PIL image). `base` gives the other options."""
         images = getattr(self.processor, "image_processor", None)
-        if images is None or not getattr(images, "do_resize", True):
-            return base
+        native = dataclasses.replace(base, resize="fit", multiple_of=1, fit_min_pixels=1,
+                                     fit_max_pixels=base.max_pixels)
+        if images is None or not getattr(images, "do_resize", True) or _tiles(images):
+            return native
         size = _size_dict(getattr(images, "size", None))
         if hasattr(images, "merge_size") and hasattr(images, "patch_size") and "longest_edge" in size:
             # Qwen2-VL / 2.5-VL: smart_resize with factor patch_size * merge_size, size = pixel limits
             return dataclasses.replace(base, resize="fit", multiple_of=images.patch_size * images.merge_size,
                                        fit_min_pixels=size["shortest_edge"], fit_max_pixels=size["longest_edge"])
         crop = _size_dict(getattr(images, "crop_size", None))
-        if set(size) == {"shortest_edge"}:
+        if set(size) == {"shortest_edge"} and getattr(images, "do_center_crop", False):
             side = size["shortest_edge"]
-            if not getattr(images, "do_center_crop", False):
-                return base
-            if crop.get("height") != crop.get("width") or crop.get("height", side + 1) > side:
-                return base
-            # CLIP: shortest edge to `side`, centre crop; the centre `side` square holds the crop
-            return dataclasses.replace(base, resize="crop", image_size=side)
+            if crop.get("height") == crop.get("width") and crop.get("height", side + 1) <= side:
+                # CLIP: shortest edge to `side`, centre crop; the centre `side` square holds the crop
+                return dataclasses.replace(base, resize="crop", image_size=side)
         if size.keys() == {"height", "width"} and size["height"] == size["width"]:
             return dataclasses.replace(base, resize="stretch", image_size=size["height"])
-        return base
+        return native
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A loader batch -> the processor's outputs plus `labels` (and the `keep` columns). A row whose
@@ -125,6 +128,13 @@ class Processing:
         for name in self.keep:
             model[name] = [batch[name][i] for i in rows]
         return model
+
+
+def _tiles(images: Any) -> bool:
+    """Whether an image processor cuts images into tiles chosen from their stored size (LLaVA-NeXT and
+    OneVision's anyres grid, Idefics3/SmolVLM's splitting): those must see the image as stored."""
+    return getattr(images, "image_grid_pinpoints", None) is not None or bool(getattr(images, "do_image_splitting",
+                                                                                    False))
 
 
 def _size_dict(value: Any) -> dict[str, int]:
