@@ -180,13 +180,15 @@ def test_bad_processors_are_one_line_errors() -> None:
 
 
 def test_rows_without_images_and_rows_that_do_not_fit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A batch mixing rows with and without images goes through; a row with more image parts than images is
-    left out with a warning naming it, the rest of its batch kept."""
+    """A batch mixing rows with and without images goes through; an image without a part in the messages goes
+    first in the first user turn; a row with more image parts than images is left out with a warning naming
+    it, the rest of its batch kept."""
     rows = [record("toy", "coco", i, [photo_jpeg(50, 40, i)] if i % 2 else []) for i in range(6)]
     for row in rows:
         if not row["images"]:
             row["messages"][0]["content"] = row["messages"][0]["content"][1:]
     rows[4]["messages"][0]["content"] = [{"type": "image", "text": None}] * 2 + rows[4]["messages"][0]["content"]
+    rows[5]["messages"][0]["content"] = rows[5]["messages"][0]["content"][1:]  # an image without its part
     root = write_repo(tmp_path, {"data/coco/none/train": rows}, {"default": {"train": ["data/*/*/*.parquet"]}})
     processor = llava_processor()
     batches = list(hubsets.loader(root, processor=Processing(processor, keep=("id",)), batch_size=6,
