@@ -8,6 +8,7 @@ point; the remaining positions of the epoch are all a state holds (see plan.py).
 from __future__ import annotations
 
 import gc
+import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,16 @@ from hubsets.loader.stream import ERROR, LISTS, META_KEY, BatchStream, Job, JobB
 def _identity(batch: Any) -> Any:
     """The DataLoader's per-item hook: batches are already collated in the workers."""
     return batch
+
+
+def default_threads() -> int:
+    """Decode threads for `num_workers=0` by default: one per core this process may run on, at most
+    `MAX_THREADS` (benchmarks/bench_loader.py (3): short and long epochs, threads against workers)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_THREADS))
+
+
+MAX_THREADS = 8
 
 
 def _freeze_inherited_objects(worker_id: int) -> None:
@@ -45,9 +56,13 @@ class Loader:
     def __init__(self, spec: StreamSpec, *, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, prefetch_factor: int | None = 2,
                  device: torch.device | str = "cpu", multiprocessing_context: Any = None,
-                 max_failures: int | None = 100) -> None:
+                 max_failures: int | None = 100, decode_threads: int | None = None) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if decode_threads is not None and (decode_threads < 1 or (decode_threads > 1 and num_workers > 0)):
+            raise ValueError(f"decode_threads={decode_threads}: expected 1 or more, and only with num_workers=0 "
+                             "(each worker decodes on one thread)")
+        self._threads = default_threads() if decode_threads is None and num_workers == 0 else decode_threads or 1
         if max_failures is not None and max_failures < 1:
             raise ValueError(f"max_failures must be positive or None, got {max_failures}")
         self._max_failures = max_failures
@@ -161,7 +176,7 @@ class Loader:
 
     def _get_dataloader(self) -> DataLoader[dict[str, Any]]:
         if self._dataloader is None:
-            self._stream = BatchStream(self._spec, self._board)
+            self._stream = BatchStream(self._spec, self._board, self._threads)
             # in_order: batches are handed on in the order the workers were asked for them, which is
             # what makes the order independent of the number of workers (plan.py)
             self._dataloader = DataLoader(self._stream, batch_size=None, collate_fn=_identity, in_order=True,
