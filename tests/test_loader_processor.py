@@ -198,6 +198,19 @@ def test_rows_without_images_and_rows_that_do_not_fit(tmp_path: Path, caplog: py
     image_token = processor.image_token_id
     assert [int((r == image_token).sum()) for r in batches[0]["input_ids"]] == [0, 4, 0, 4, 4]
     assert "skipping row 'toy/coco/4' (processor): row 'toy/coco/4': its messages have 2 image parts" in caplog.text
+    # batches of one row: the bad row's batch is not delivered, the stats count it; a transform runs after
+    loader = hubsets.loader(root, processor=Processing(processor, keep=("id",)), batch_size=1, shuffle=False,
+                            transform=_tag)
+    batches = list(loader)
+    assert [b["id"] for b in batches] == [["toy/coco/0"], ["toy/coco/1"], ["toy/coco/2"], ["toy/coco/3"],
+                                          ["toy/coco/5"]]
+    assert all(b["tagged"] for b in batches)
+    assert loader.stats["rows"] == 5 and loader.stats["images"] == 3 and loader.stats["skipped"] == {"processor": 1}
+
+
+def _tag(batch: dict[str, Any]) -> dict[str, Any]:
+    """A user transform after the processor (module level: workers pickle it)."""
+    return {**batch, "tagged": True}
 
 
 def test_a_template_that_hides_assistant_turns_fails_at_once() -> None:

@@ -26,7 +26,7 @@ import torch
 
 from hubsets.loader.collate import unpack
 from hubsets.loader.decode import DecodeOptions
-from hubsets.loader.stream import warn
+from hubsets.loader.stream import KEPT_KEY, warn
 
 IGNORE_INDEX = -100
 """The label of a position that must not be trained on (torch's cross-entropy default ignore_index)."""
@@ -112,6 +112,9 @@ class Processing:
             rows.append(index)
             texts.append(text)
         images = [images[i] for i in rows]
+        kept = {KEPT_KEY: (len(rows), sum(map(len, images)))} if len(rows) < len(batch["id"]) else {}
+        if not rows:
+            return kept  # counted as skipped, not delivered
         kwargs: dict[str, Any] = {"padding": True, **self.processor_kwargs, "return_tensors": "pt",
                                   "return_offsets_mapping": True, "return_text_replacement_offsets": True}
         if self.max_length is not None:
@@ -127,7 +130,7 @@ class Processing:
         model["labels"] = model["input_ids"].masked_fill(~mask, IGNORE_INDEX)
         for name in self.keep:
             model[name] = [batch[name][i] for i in rows]
-        return model
+        return {**model, **kept}
 
 
 def _tiles(images: Any) -> bool:
@@ -235,8 +238,12 @@ class Chained:
     then: Any
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.then(self.first(batch))
-        return result
+        first = self.first(batch)
+        kept = {KEPT_KEY: first.pop(KEPT_KEY)} if KEPT_KEY in first else {}
+        if kept and not kept[KEPT_KEY][0]:
+            return kept
+        result: dict[str, Any] = self.then(first)
+        return {**result, **kept}
 
 
 def as_processing(processor: Any) -> Processing | None:
