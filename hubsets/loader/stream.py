@@ -10,7 +10,9 @@ follow new epochs and resumes.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -109,9 +111,11 @@ class BatchStream(IterableDataset[dict[str, Any]]):
     """Yields this worker's batches of the posted job. `slots`: the pixel buffers shared with the main
     process (see slots.py), set by the Loader for each new set of workers; None: a fresh segment per batch."""
 
-    def __init__(self, spec: StreamSpec, board: JobBoard) -> None:
+    def __init__(self, spec: StreamSpec, board: JobBoard, threads: int = 1) -> None:
         self.spec = spec
         self.board = board
+        self.threads = threads
+        """In-process only (num_workers=0): threads building batches at once (see `_produce`)."""
         self.slots: SlotBoard | None = None
         self._ring: PixelRing | None = None
         """This worker's side of `slots`, made in the worker and kept across its passes."""
@@ -123,7 +127,7 @@ class BatchStream(IterableDataset[dict[str, Any]]):
         if info is not None and self.slots is not None and self._ring is None:
             self._ring = PixelRing(self.slots, worker)
         batches = _produce(self.spec, worker, workers, job.epoch, job.share(self.spec),
-                           self._ring if info is not None else None)
+                           self._ring if info is not None else None, 1 if info is not None else self.threads)
         return batches if info is not None else _single_threaded(batches)
 
 
@@ -151,36 +155,63 @@ def _single_threaded(batches: Batches) -> Batches:
 
 
 def _produce(spec: StreamSpec, worker: int, workers: int, epoch: int, share: Sequence[Interval],
-             ring: PixelRing | None) -> Batches:
+             ring: PixelRing | None, threads: int = 1) -> Batches:
     """This worker's batches of the rank's `share`, each tagged with where in the share it ends. A batch
     whose rows were all skipped is still sent (empty): the DataLoader's turn-taking among workers is what
-    keeps the order, so a worker never skips its turn; the main process drops it."""
+    keeps the order, so a worker never skips its turn; the main process drops it.
+
+    `threads` > 1 (in-process only): rows are still read here, in order, but up to `threads` batches are
+    decoded at once by a thread pool and handed on in order. simplejpeg's decode and torch's resize
+    release the GIL, so this scales like workers without their start-up (a process, imports, the first
+    window read once more per worker) or per-batch hand-over: what made workers slower on short epochs."""
     current = ring.restart() if ring is not None else 0
     readers = [Reader(s, spec.columns, spec.seed, spec.shuffle, spec.window_bytes) for s in spec.sources]
     if share:
         last = spec.schedule.draws_before(epoch * spec.schedule.epoch_length + share[-1][1])
         for reader, draws in zip(readers, last.tolist(), strict=True):
             reader.horizon = draws - 1
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="hubsets-decode") if threads > 1 else None
+    ahead: deque[tuple[int, Future[tuple[Block, list[gpu.Pending]]]]] = deque()
     try:
         for end, positions in worker_batches(share, workers, worker, spec.batch_size, spec.drop_last):
-            deferrer = gpu.Deferrer(spec.decode) if spec.gpu else None
             try:
                 rows = _rows(spec, readers, epoch, positions)
             except DataError as exc:
+                while ahead:  # the batches before the broken one are delivered first, as with workers
+                    done, future = ahead.popleft()
+                    yield _emit(spec, worker, done, *future.result(), ring)
                 if get_worker_info() is None:
                     raise
                 yield {META_KEY: {"worker": worker, ERROR: str(exc)}}  # raised by the Loader: one line, no
                 return  # worker traceback
-            block = build_block(rows, spec.columns, spec.decode, warn, deferrer, ring)
-            pending: list[gpu.Pending] = []
-            if deferrer is not None:
-                pending = deferrer.take(block.kept if block.kept is not None else list(range(len(positions))))
-            yield _emit(spec, worker, end, block, pending, ring)
+            if pool is None:
+                yield _emit(spec, worker, end, *_block(spec, rows, ring), ring)
+                continue
+            ahead.append((end, pool.submit(_block, spec, rows, ring)))
+            if len(ahead) > threads:  # keep `threads` batches decoding while the consumer has this one
+                done, future = ahead.popleft()
+                yield _emit(spec, worker, done, *future.result(), ring)
+        while ahead:
+            done, future = ahead.popleft()
+            yield _emit(spec, worker, done, *future.result(), ring)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if ring is not None:
             ring.abandon(current=current)
         for reader in readers:
             reader.close()
+
+
+def _block(spec: StreamSpec, rows: list[tuple[UnitData, int]], ring: PixelRing | None
+           ) -> tuple[Block, list[gpu.Pending]]:
+    """Decode one batch's rows; with `device="cuda"`, also the JPEGs left for the GPU."""
+    deferrer = gpu.Deferrer(spec.decode) if spec.gpu else None
+    block = build_block(rows, spec.columns, spec.decode, warn, deferrer, ring)
+    pending: list[gpu.Pending] = []
+    if deferrer is not None:
+        pending = deferrer.take(block.kept if block.kept is not None else list(range(len(rows))))
+    return block, pending
 
 
 def _emit(spec: StreamSpec, worker: int, end: int, block: Block, pending: list[gpu.Pending],
