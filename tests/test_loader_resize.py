@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loader_fixtures import corrupt_zoo, encode, exif_jpeg, photo_array, photo_jpeg, record, write_repo
+from loader_fixtures import corrupt_zoo, encode, exif_jpeg, photo_array, photo_jpeg, record, simple_repo, write_repo
 from PIL import Image
 from transformers import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
@@ -211,3 +211,26 @@ def test_png_sizes_come_from_the_chunk_list() -> None:
     assert output_shape(damaged, options) == (45, 20)
     with pytest.raises(ImageError):
         decode(damaged, options)
+
+
+def test_packed_batches_reuse_worker_memory_and_keep_held_ones(tmp_path: Path) -> None:
+    """Packed totals vary from batch to batch; workers still decode into their few reused slots (a slot up to
+    twice the size serves), and batches the user keeps are never overwritten."""
+    images = [photo_jpeg(w, h, k) for k, (w, h) in enumerate([(64, 48), (40, 90), (120, 30), (80, 80)])]
+    repo = simple_repo(tmp_path, 256, images=lambda i: [images[(i * 7) % 4]], row_group_size=32)
+    options: dict[str, Any] = {"resize": "longest", "image_size": 48, "batch_size": 16}
+    expected = {row: image.clone() for b in hubsets.loader(repo, **options)
+                for row, image in zip(b["id"], hubsets.loader.unpack(b), strict=True)}
+    loader = hubsets.loader(repo, num_workers=2, persistent_workers=True, **options)
+    buffers: set[int] = set()
+    held: list[dict[str, Any]] = []
+    with loader:
+        for _ in range(3):
+            for number, batch in enumerate(loader):
+                buffers.add(batch["pixel_values"].untyped_storage().data_ptr())
+                if number % 5 == 0:
+                    held.append(batch)
+    assert len(buffers) <= 2 * loader._slot_count + len(held)  # each kept batch may force one fresh segment
+    for batch in held:
+        for row, image in zip(batch["id"], hubsets.loader.unpack(batch), strict=True):
+            assert torch.equal(image, expected[row]), row

@@ -108,10 +108,11 @@ class PixelRing:
         if not free:
             return None
         fits = [k for k in free if (s := self.storages[k]) is not None and s.nbytes() == nbytes]
+        roomy = [k for k in free if (s := self.storages[k]) is not None and nbytes < s.nbytes() <= 2 * nbytes]
         empty = [k for k in free if self.storages[k] is None]
-        slot = (fits or empty or free)[0]
+        slot = (fits or roomy or empty or free)[0]  # roomy: packed batches of varying totals (collate.py)
         storage = self.storages[slot]
-        if storage is None or storage.nbytes() != nbytes:
+        if storage is None or not nbytes <= storage.nbytes() <= 2 * nbytes:
             storage = self.storages[slot] = torch.UntypedStorage._new_shared(nbytes)
             self._made += 1
             self.versions[slot] = self._made
