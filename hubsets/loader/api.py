@@ -43,10 +43,8 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
 
     `source`: a folder from `hubsets build`, an `org/name` Hub dataset repo (`HF_ENDPOINT` and `endpoint`
     are honoured; `revision` is pinned to its commit sha at start), any fsspec URL of such a folder, or a
-    parquet file or glob. A batch is a dict: `pixel_values` uint8 [N_images, 3, image_size, image_size]
-    (channels-last memory, the decoder's layout) and `num_images` [B] when `images` is read;
-    `image_embedding` as a tensor in its stored dtype; the other columns as lists (`meta` parsed from
-    JSON). `columns` (default: all) limits what is read from the files.
+    parquet file or glob. `columns` (default: all) limits what is read from the files; what a batch holds
+    is written down once, at the end ("The batch").
 
     `resize`: "crop" (shorter side to image_size, centre crop), "pad" (longer side, centred on
     `pad_value`) or "stretch"; or each image its own size, keeping its aspect ratio: "fit" (Qwen2-VL's
@@ -73,7 +71,28 @@ def loader(source: SourceLike, config: str = "default", split: str | None = None
     the same sample at each global position for any world size. A skipped row leaves its batch one short.
     A worker holds one window per source; a bigger window mixes more and costs memory and time to first batch.
     `rank`/`world_size` default to torch.distributed's. `drop_last` also gives every rank the
-    same number of batches, which DDP needs."""
+    same number of batches, which DDP needs.
+
+    Parallelism: with `num_workers=0`, `decode_threads` threads of this process (default: one per core it
+    may run on, at most 8) decode up to that many batches at once, handed on in order; JPEG decode and
+    resize release the GIL, and there is no worker start-up, so this is never slower than one thread and
+    is the fastest setup for short epochs. `num_workers` > 0 runs DataLoader worker processes (one decode
+    thread each): worth it when per-row Python work (`processor`, `transform`) dominates, best with
+    `persistent_workers=True`. Measured in benchmarks/bench_loader.py (3) and the README.
+
+    The batch, a dict for B rows holding N images (N = `num_images.sum()`), lists in row order:
+    - `id`: list of B str, always read.
+    - `pixel_values` (when `images` is read): uint8 RGB, 0-255. Square resize modes: [N, 3, image_size,
+      image_size] in channels-last memory (strides (3*S*S, 1, 3*S, 3); `.contiguous()` makes it planar),
+      row i's images first at index `num_images[:i].sum()`. "fit"/"longest": packed, as described above.
+      From workers it is a view of a reused shared-memory buffer, handed back only once every reference to
+      it is dropped: a batch kept is never overwritten.
+    - `num_images`: int64 [B], images per row (0 for a row without any).
+    - `image_embedding`: one tensor [B, *shape] of the stored dtype when every row has one of the same
+      dtype and shape, else a list of B (tensor or None).
+    - `meta`: list of B dicts (the stored JSON, parsed); every other column (`messages`, `context`,
+      `caption`, `dataset`, `origin`, `image_urls`): a list of B values as stored.
+    - Tensors are on `device`; with `processor=` the batch is the processor's model inputs instead (above)."""
     return build([(source, config, split, 1.0)], image_size=image_size, resize=resize, batch_size=batch_size,
                  num_workers=num_workers, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
                  device=device, columns=columns, transform=transform, max_pixels=max_pixels, drop_last=drop_last,
