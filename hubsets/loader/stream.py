@@ -217,8 +217,8 @@ def _block(spec: StreamSpec, rows: list[tuple[UnitData, int]], ring: PixelRing |
 def _emit(spec: StreamSpec, worker: int, end: int, block: Block, pending: list[gpu.Pending],
           ring: PixelRing | None) -> dict[str, Any]:
     batch = to_batch(block)
-    meta = {"worker": worker, "end": end, "rows": len(block), "skipped": dict(block.skipped),
-            "images": sum(block.num_images), "failures": block.failures}
+    meta: dict[str, Any] = {"worker": worker, "end": end, "rows": len(block), "skipped": dict(block.skipped),
+                            "images": sum(block.num_images), "failures": block.failures}
     if spec.gpu:
         batch[gpu.PENDING_KEY] = pending
     elif spec.transform is not None and len(block):
