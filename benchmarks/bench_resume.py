@@ -3,9 +3,10 @@
 Each build runs in a fresh subprocess, timed from outside (start-up included). Per repeat:
 - `workers 1` and `workers N`: uninterrupted builds into an empty folder (speed-up = t1 / tN);
 - `killed + resumed`: a `workers N` build SIGKILLed (its whole process group) once half of its tasks are
-  staged, then the same command again; the resume overhead is (time until the kill + resume) - uninterrupted;
+  finished, then the same command again; the resume overhead is (time until the kill + resume) - uninterrupted;
   the resumed output is checked identical to the uninterrupted one (manifest minus provenance, card, shards);
-- `no-op rerun`: the same command on a finished folder (every task reused; only the merge runs).
+- `no-op rerun`: the same command on a finished folder (every task reused; the driver checks the records
+  against the shards, dedupes and writes rejects, manifest and card).
 Medians of `--repeats` runs are printed.
 
     python benchmarks/bench_resume.py [--images 2000] [--qa 5] [--size 640x480] [--files 16] [--workers 2]
@@ -27,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubsets import samples
-from hubsets.build.task import STAGING
+from hubsets.testing import samples
+from hubsets.build.task import Records
 
 CHILD = """
 import sys, time
@@ -58,24 +59,27 @@ def build(src: Path, out: Path, workers: int, cpu: list[float] | None = None) ->
     return time.perf_counter() - t, int(run), int(reused)
 
 
-def staged(out: Path) -> int:
-    root = out / STAGING / "tasks"
-    return sum(1 for p in root.iterdir() if ".tmp-" not in p.name) if root.is_dir() else 0
+def finished(out: Path) -> int:
+    """Tasks whose record is published (each has written its final shards)."""
+    return len(Records(out).keys())
 
 
-def killed_then_resumed(src: Path, out: Path, workers: int, tasks: int) -> dict[str, float]:
-    """Kill a build once half its tasks are staged, then resume it; wall times of both parts."""
+def killed_then_resumed(src: Path, out: Path, workers: int, tasks: int, kill: str = "group") -> dict[str, float]:
+    """Kill a build once half its tasks are finished, then resume it; wall times of both parts."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out), str(workers)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    while staged(out) < tasks // 2 and proc.poll() is None:
+    while finished(out) < tasks // 2 and proc.poll() is None:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the build and its worker processes
+    if kill == "group":
+        os.killpg(proc.pid, signal.SIGKILL)  # the build and its worker processes
+    else:
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must notice and exit by themselves
     proc.wait()
     killed_at = time.perf_counter() - started
-    done = staged(out)
+    done = finished(out)
     resume_wall, run, reused = build(src, out, workers)
-    return {"killed_at": killed_at, "staged_at_kill": done, "resume": resume_wall, "run": run, "reused": reused}
+    return {"killed_at": killed_at, "done_at_kill": done, "resume": resume_wall, "run": run, "reused": reused}
 
 
 def snapshot(out: Path) -> str:
@@ -96,6 +100,8 @@ def main() -> None:
     p.add_argument("--files", type=int, default=16, help="input parquet files (= tasks)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--kill", choices=["group", "driver"], default="group",
+                   help="SIGKILL the whole process group, or only the driver (its workers must die with it)")
     args = p.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="hubsets-resume-") as tmp:
@@ -104,7 +110,7 @@ def main() -> None:
                                   files=args.files)
         mb = sum(f.stat().st_size for f in src.rglob("*.parquet")) / 1e6
         results: dict[str, list[float]] = {"w1": [], "wn": [], "killed_total": [], "killed_at": [], "resume": [],
-                                           "noop": [], "staged_at_kill": [], "redone": [], "cpu_w1": [],
+                                           "noop": [], "done_at_kill": [], "redone": [], "cpu_w1": [],
                                            "cpu_wn": [], "cpu_noop": []}
         load = os.getloadavg()[0]
         reference = None
@@ -119,12 +125,12 @@ def main() -> None:
                     assert run == 0, "a rerun redid tasks"
                 shutil.rmtree(out)
             out = Path(tmp) / f"out-killed-{repeat}"
-            k = killed_then_resumed(src, out, args.workers, args.files)
+            k = killed_then_resumed(src, out, args.workers, args.files, args.kill)
             assert snapshot(out) == reference, "the resumed build differs from the uninterrupted one"
             results["killed_at"].append(k["killed_at"])
             results["resume"].append(k["resume"])
             results["killed_total"].append(k["killed_at"] + k["resume"])
-            results["staged_at_kill"].append(k["staged_at_kill"])
+            results["done_at_kill"].append(k["done_at_kill"])
             results["redone"].append(k["run"])
             shutil.rmtree(out)
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
@@ -137,14 +143,14 @@ def main() -> None:
     print(f"{f'workers {args.workers}, uninterrupted':<44} {med['wn']:8.2f} {rows / med['wn']:8,.0f} "
           f"{med['cpu_wn']:7.1f}")
     print(f"{'  parallel speed-up':<44} {med['w1'] / med['wn']:8.2f}x")
-    print(f"{f'workers {args.workers}, SIGKILL after half the tasks':<44} {med['killed_at']:8.2f}   "
-          f"({med['staged_at_kill']:.0f} of {args.files} tasks staged)")
+    print(f"{f'workers {args.workers}, SIGKILL ({args.kill}) after half the tasks':<44} {med['killed_at']:8.2f}   "
+          f"({med['done_at_kill']:.0f} of {args.files} tasks finished)")
     print(f"{'  then the same command again (resume)':<44} {med['resume']:8.2f}   "
           f"({med['redone']:.0f} tasks run, the rest reused)")
     print(f"{'  killed + resumed, total':<44} {med['killed_total']:8.2f}")
     print(f"{'  resume overhead vs uninterrupted':<44} {med['killed_total'] - med['wn']:+8.2f}   "
           f"({100 * (med['killed_total'] / med['wn'] - 1):+.0f}%, includes a second process start)")
-    print(f"{'no-op rerun (all tasks reused, merge only)':<44} {med['noop']:8.2f} {'':>8} {med['cpu_noop']:7.1f}   "
+    print(f"{'no-op rerun (all tasks reused, driver only)':<44} {med['noop']:8.2f} {'':>8} {med['cpu_noop']:7.1f}   "
           f"({100 * med['noop'] / med['wn']:.0f}% of a full build)")
     print("the resumed output was byte-identical to the uninterrupted build in every repeat")
 

@@ -3,10 +3,12 @@
 The input is laid out like `Salesforce/blip3-kale` with its proportions: N input rows (url + caption of KALE
 length + a few extra columns) of which 218/318 are the full set (`data_full_set/shard_NNN.parquet`) and 100/318
 the core set (`data_core_set/shard_NNN.parquet`), a subset of full as upstream (100M of 218M); so the build
-reads N rows and writes 218/318 N (core rows are stored once). It is generated streaming (one row group at a
-time, never the whole table). The build runs as `hubsets build kale
---workers 2` in a subprocess while this script samples, every 0.5 s from /proc, the RSS of the build process
-and of its worker processes, and the rows staged so far (from the finished tasks' counters).
+reads N rows and writes 218/318 N (core rows are stored once). It is generated streaming (one row group at
+a time, never the whole table). The build runs as `hubsets build kale --workers 2` in a subprocess while this
+script samples, every 0.5 s from /proc, the RSS and CPU of the build process (the driver) and of its worker
+processes, the rows of the finished tasks (from their records) and the bytes of the shards written so far.
+Each task writes its own final shards; the driver plans (the core/full index), schedules, dedupes ids from
+the tasks' digests and writes rejects, manifest and card.
 
     python benchmarks/bench_scale.py [--rows 10000000] [--workers 2] [--keep DIR] [--json FILE]
 
@@ -32,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hubsets.build.task import STAGING
+from hubsets.build.task import Records
 
 CORE_SHARE = 100 / 218
 """KALE: 100M core captions (stage 1), 218M in full."""
@@ -151,24 +153,20 @@ def tree_stats(pid: int) -> dict[int, tuple[int, float]]:
     return out
 
 
-class Staged:
-    """Rows staged so far: the accepted counters of finished tasks (each read once)."""
+class Finished:
+    """Rows of the tasks finished so far: the read counters of their records (each read once)."""
 
     def __init__(self, out: Path) -> None:
-        self.root = out / STAGING / "tasks"
+        self.records = Records(out)
         self.seen: dict[str, int] = {}
 
     def rows(self) -> tuple[int, int]:
         """(finished tasks, rows read by them)."""
-        if self.root.is_dir():
-            for child in os.listdir(self.root):
-                if ".tmp-" in child or child in self.seen:
-                    continue
-                try:
-                    stats = json.loads((self.root / child / "stats.json").read_text())
-                except (FileNotFoundError, json.JSONDecodeError):
-                    continue
-                self.seen[child] = sum(stats["read"].values())
+        done = self.records.keys()  # a method: the finished records
+        for key in done:
+            if key not in self.seen:
+                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                    self.seen[key] = sum(self.records.stats(key).read.values())
         return len(self.seen), sum(self.seen.values())
 
 
@@ -184,7 +182,7 @@ def data_bytes(out: Path) -> int:
 def run_build(src: Path, out: Path, workers: int, interval: float = 0.5) -> dict:
     cmd = [sys.executable, "-m", "hubsets.cli", "build", "kale", "--source", str(src), "--out", str(out),
            "--workers", str(workers)]
-    staged = Staged(out)
+    finished = Finished(out)
     samples: list[dict] = []
     cpu: dict[int, float] = {}
     started = time.perf_counter()
@@ -194,7 +192,7 @@ def run_build(src: Path, out: Path, workers: int, interval: float = 0.5) -> dict
         stats = tree_stats(proc.pid)
         rss = {p: r for p, (r, _) in stats.items()}
         cpu.update({p: c for p, (_, c) in stats.items()})
-        tasks, rows = staged.rows()
+        tasks, rows = finished.rows()
         samples.append({"t": time.perf_counter() - started, "rss": sum(rss.values()), "main": rss.get(proc.pid, 0),
                         "largest": max(rss.values(), default=0), "procs": len(rss), "tasks": tasks, "rows": rows,
                         "data": data_bytes(out)})
@@ -210,12 +208,12 @@ def run_build(src: Path, out: Path, workers: int, interval: float = 0.5) -> dict
 
 
 def phases(samples: list[dict]) -> dict[str, float]:
-    """Planning (the core/full index) runs until the worker processes appear; staging until the last task is
-    done; the merge after that."""
+    """Planning (the core/full index) runs until the worker processes appear; the tasks until the last one is
+    done; the driver's finish (dedupe, rejects, manifest, card) after that."""
     final = max((s["tasks"] for s in samples), default=0)
     plan = next((s["t"] for s in samples if s["procs"] > 1 or s["tasks"]), 0.0)
-    staged = next((s["t"] for s in samples if final and s["tasks"] == final), plan)
-    return {"plan": plan, "staged": staged}
+    done = next((s["t"] for s in samples if final and s["tasks"] == final), plan)
+    return {"plan": plan, "tasks_done": done}
 
 
 def main() -> None:
@@ -251,7 +249,7 @@ def report(args: argparse.Namespace, src: Path, out: Path, result: dict) -> None
     input_rows = sum(pq.read_metadata(f).num_rows for f in src.rglob("*.parquet"))
     tasks = m["provenance"]["tasks"]["tasks"]
     ph = phases(samples)
-    stage_s = max(ph["staged"] - ph["plan"], 1e-9)
+    stage_s = max(ph["tasks_done"] - ph["plan"], 1e-9)
     peak = max(samples, key=lambda s: s["rss"]) if samples else {"rss": 0, "t": 0}
     largest = max((s["largest"] for s in samples), default=0)
     in_bytes = sum(f.stat().st_size for f in src.rglob("*.parquet"))
@@ -259,17 +257,18 @@ def report(args: argparse.Namespace, src: Path, out: Path, result: dict) -> None
     print(f"\nKALE-like scale build: {input_rows:,} input rows ({m['stats'].get('index:full_rows', 0):,} full + "
           f"{m['stats'].get('index:core_rows', 0):,} core), {args.workers} workers, {tasks} tasks, "
           f"{os.cpu_count()} CPUs")
-    print(f"  wall time    {wall:9.1f} s: plan (core/full index, 1 process) {ph['plan']:.1f} s, staging "
-          f"{stage_s:.1f} s, merge (1 process) {wall - ph['staged']:.1f} s")
+    print(f"  wall time    {wall:9.1f} s: plan (core/full index, 1 process) {ph['plan']:.1f} s, tasks "
+          f"{stage_s:.1f} s, finish (dedupe, manifest; driver) {wall - ph['tasks_done']:.1f} s")
     print(f"  end to end   {input_rows / wall:9,.0f} input rows/s, {written / wall:,.0f} written rows/s")
     print(f"  plan         {input_rows / max(ph['plan'], 1e-9):9,.0f} input rows/s (keyed in one process)")
-    print(f"  staging      {input_rows / stage_s / args.workers:9,.0f} input rows/s per worker "
+    print(f"  tasks        {input_rows / stage_s / args.workers:9,.0f} input rows/s per worker "
           f"({input_rows / tasks / (stage_s * args.workers / tasks):,.0f} per task-second; "
           f"{stage_s * args.workers / tasks:.2f} s per {input_rows // tasks:,}-row task)")
     print(f"  CPU          workers {result['worker_cpu']:.0f} s = {input_rows / max(result['worker_cpu'], 1e-9):,.0f} "
           f"input rows per worker CPU-second (robust to a busy machine); main process {result['main_cpu']:.0f} s "
-          f"(plan + merge)")
-    print(f"  merge        {written / max(wall - ph['staged'], 1e-9):9,.0f} written rows/s (one process)")
+          f"(plan + schedule + dedupe + manifest)")
+    print(f"  driver share {result['main_cpu'] / max(result['main_cpu'] + result['worker_cpu'], 1e-9):9.1%} of the "
+          "build's CPU")
     print(f"  rows         read {read:,} (full-set copies of core rows are skipped), written {written:,}, "
           f"rejected {m['rejects']['rows']:,}")
     print(f"  bytes        input {in_bytes / 1e9:.2f} GB parquet, output {out_bytes / 1e9:.2f} GB parquet "
@@ -277,7 +276,7 @@ def report(args: argparse.Namespace, src: Path, out: Path, result: dict) -> None
     print(f"  peak RSS     {peak['rss'] / 2**20:9.0f} MB whole process tree (at {peak['t']:.0f} s), "
           f"{largest / 2**20:.0f} MB largest single process  (target < 1536 MB)")
     step = max(1, len(samples) // args.table_rows)
-    print(f"\n  {'time s':>7} {'RSS MB':>7} {'main MB':>8} {'procs':>5} {'tasks':>6} {'rows staged':>12} "
+    print(f"\n  {'time s':>7} {'RSS MB':>7} {'main MB':>8} {'procs':>5} {'tasks':>6} {'rows done':>12} "
           f"{'data MB':>8}")
     shown = samples[::step] + ([samples[-1]] if samples and (len(samples) - 1) % step else [])
     if peak in samples and peak not in shown:
