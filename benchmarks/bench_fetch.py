@@ -1,7 +1,7 @@
 """KALE image-fetch throughput against a local server with injected latency, next to the ideal rate.
 
 A server process answers every request after `--latency` seconds with a photo-like JPEG/PNG: with
-`--protocol 1.1` (default) `hubsets.samples.ImageServer` (threaded, HTTP/1.1 keep-alive); with `--protocol 1.0`
+`--protocol 1.1` (default) `hubsets.testing.samples.ImageServer` (threaded, HTTP/1.1 keep-alive); with `--protocol 1.0`
 Python's own `http.server` serving the images from a folder, as `python -m http.server` does (HTTP/1.0: a new
 connection for every image, the body ending when the server closes it). With `c` connections and latency
 `L`, no client can beat `c / L` images/s; the table reports how close two paths get:
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubsets import fetch, samples
+from hubsets import fetch
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from huggingface_hub.utils import disable_progress_bars
 
-from hubsets import registry, samples
+from hubsets import registry
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.hub import push

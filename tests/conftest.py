@@ -13,7 +13,7 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hubsets-datasets-cach
 
 import pytest
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.layout import sha256_file

@@ -13,7 +13,8 @@ from datasets import Image, List, load_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubsets import samples, sources
+from hubsets import sources
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.validate import validate_folder

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubsets import samples, sources
+from hubsets import sources
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.validate import validate_folder

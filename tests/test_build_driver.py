@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hubsets import samples
+from hubsets.testing import samples
 
 CHILD = """
 import json, sys, threading

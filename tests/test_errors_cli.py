@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hubsets import samples, server
+from hubsets import server
+from hubsets.testing import samples
 from hubsets.lock import FolderLock
 
 

@@ -10,7 +10,7 @@ from datasets import Image, List, load_dataset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.export import cauldron_texts, export

@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, quote
 
 import pytest
 
-from hubsets import fetch, samples
-from hubsets.samples import ImageServer, Route
+from hubsets import fetch
+from hubsets.testing import samples
+from hubsets.testing.samples import ImageServer, Route
 
 IMAGES = samples.sample_images(5)
 JPEG, PNG = IMAGES[0], IMAGES[4]

@@ -4,7 +4,7 @@ import pytest
 from hubsets.builders.skvqa import FILTERS, ir_terms
 
 from hubsets.filters import contains_tokens, normalize_text, passed_filters, signature
-from hubsets.samples import SKVQA_CASES
+from hubsets.testing.samples import SKVQA_CASES
 from hubsets.schema import empty_record
 
 IR, CAP = FILTERS

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.validate import validate_folder

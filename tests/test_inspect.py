@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hubsets import cli, inspect, samples
+from hubsets import cli, inspect
+from hubsets.testing import samples
 from hubsets.builder import Options
 
 PICTURES = samples.sample_images(4)

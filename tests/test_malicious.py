@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hubsets import samples
+from hubsets.testing import samples
 
 MB = 1024 * 1024
 BOMB_BYTES = 200 * MB

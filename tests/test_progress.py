@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from conftest_hub import REPO_ROOT, ServerProcess, built_copy, client_env, folder_digests
 
-from hubsets import progress, samples
+from hubsets import progress
+from hubsets.testing import samples
 from hubsets.progress import Progress
-from hubsets.samples import ImageServer, Route
+from hubsets.testing.samples import ImageServer, Route
 
 
 def hubsets(*args: str, env: dict[str, str] | None = None, interval: str = "0.001",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.build.ray_runner import run_calls
 from hubsets.build.task import Records, run_task

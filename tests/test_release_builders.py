@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from hubsets.builders import allava, kale, stablellava, synth2
 
-from hubsets import cli, samples
+from hubsets import cli
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.settings import Setting, SettingError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.layout import WORK as STAGING

@@ -16,7 +16,7 @@ from datasets import Image, List, load_dataset
 from hubsets.builders.skvqa import origin_of
 from PIL import Image as PILImage
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.validate import validate_folder

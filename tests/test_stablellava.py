@@ -11,7 +11,7 @@ from conftest_hub import partition_rows
 from datasets import Image, List, load_dataset
 from hubsets.builders.stablellava import CATEGORIES
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.validate import validate_folder

@@ -17,7 +17,7 @@ import pytest
 from datasets import load_dataset
 from hubsets.builders import synth2
 
-from hubsets import samples
+from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.validate import validate_folder

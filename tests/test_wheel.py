@@ -31,7 +31,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     r = subprocess.run([str(env_dir / "bin" / "hubsets"), "list"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "skvqa" in r.stdout, r.stderr
     r = subprocess.run([str(python), "-c", (
-        "from pathlib import Path; from hubsets import samples; from hubsets.build import build; "
+        "from pathlib import Path; from hubsets.testing import samples; from hubsets.build import build; "
         "from hubsets.builder import Options; samples.make_skvqa(Path('src'), images=6, qa_per_image=2); "
         "m = build('skvqa', Options(source=Path('src')), Path('out'), progress=False); "
         "print(m['configs']['ir_cap']['splits'])")], capture_output=True, text=True, cwd=tmp_path)
