@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import fetch
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
+from hubsets.testing import samples
 
 DISTINCT = 24
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.hub import push
+from hubsets.testing import samples
 
 FIRST_ROW = """
 import json, sys, time

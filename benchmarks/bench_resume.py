@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubsets.testing import samples
 from hubsets.build.task import Records
+from hubsets.testing import samples
 
 CHILD = """
 import sys, time

@@ -18,10 +18,10 @@ from pathlib import Path
 from huggingface_hub.utils import disable_progress_bars
 
 from hubsets import registry
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.hub import push
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 SHOWN_CONFIG = {"skvqa": "ir_cap"}

@@ -13,9 +13,9 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hubsets-datasets-cach
 
 import pytest
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
+from hubsets.testing import samples
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.layout import sha256_file
+from hubsets.testing import samples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsets import sources
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 LAION_CAP = "allava_laion/ALLaVA-Caption-LAION-4V.json"

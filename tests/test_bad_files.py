@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsets import sources
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 STABLE_ROW = {"id": "0", "question": "<image>\nWhat is it?", "answer": "A cat.", "prompt": "((a cat))"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hubsets import server
-from hubsets.testing import samples
 from hubsets.lock import FolderLock
+from hubsets.testing import samples
 
 
 def hubsets(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

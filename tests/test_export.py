@@ -10,7 +10,6 @@ from datasets import Image, List, load_dataset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.export import cauldron_texts, export
@@ -23,6 +22,7 @@ from hubsets.llava import (
     split_image_tokens,
     strip_image_tokens,
 )
+from hubsets.testing import samples
 
 ALLAVA_FILES = {("allava_laion", "caption"): "allava_laion/ALLaVA-Caption-LAION-4V.json",
                 ("allava_laion", "instruct"): "allava_laion/ALLaVA-Instruct-LAION-4V.json",

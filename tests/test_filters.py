@@ -4,8 +4,8 @@ import pytest
 from hubsets.builders.skvqa import FILTERS, ir_terms
 
 from hubsets.filters import contains_tokens, normalize_text, passed_filters, signature
-from hubsets.testing.samples import SKVQA_CASES
 from hubsets.schema import empty_record
+from hubsets.testing.samples import SKVQA_CASES
 
 IR, CAP = FILTERS
 

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hubsets import cli, inspect
-from hubsets.testing import samples
 from hubsets.builder import Options
+from hubsets.testing import samples
 
 PICTURES = samples.sample_images(4)
 CONTEXT = "Mount Everest is the highest mountain on Earth, at 8,849 metres."

@@ -21,9 +21,9 @@ from datasets import Image, List, load_dataset
 from hubsets.builders import kale
 
 from hubsets import fetch
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.testing.samples import ImageServer, Route
 from hubsets.validate import validate_folder
 

@@ -34,9 +34,9 @@ def sorted_ids(loader: Any) -> list[str]:
 
 
 def test_loader_reads_a_hub_repo_pinned_to_its_commit(local_hub: str, skvqa_built: Path, tmp_path: Path) -> None:
-    from hubsets.testing import samples
     from hubsets.build import build
     from hubsets.builder import Options
+    from hubsets.testing import samples
 
     hub.push(skvqa_built, "org/skvqa", endpoint=local_hub)
     expected = sorted_ids(hubsets.loader(skvqa_built, columns=["id"]))
@@ -63,9 +63,9 @@ def test_missing_repo_is_a_clear_error(local_hub: str) -> None:
 def test_readme_mix_by_repo_id_with_each_config_and_split(local_hub: str, skvqa_built: Path, tmp_path: Path) -> None:
     """The README's example as written: SK-VQA's `ir_cap` (split train) and ALLaVA's `allava_laion`, whose
     splits are `caption` and `instruct` (no `train`: both are meant), mixed by repo id over HTTP."""
-    from hubsets.testing import samples
     from hubsets.build import build
     from hubsets.builder import Options
+    from hubsets.testing import samples
 
     sample = samples.make_allava(tmp_path / "ALLaVA-4V")
     allava = tmp_path / "allava"

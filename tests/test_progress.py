@@ -16,8 +16,8 @@ import pytest
 from conftest_hub import REPO_ROOT, ServerProcess, built_copy, client_env, folder_digests
 
 from hubsets import progress
-from hubsets.testing import samples
 from hubsets.progress import Progress
+from hubsets.testing import samples
 from hubsets.testing.samples import ImageServer, Route
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.build.ray_runner import run_calls
 from hubsets.build.task import Records, run_task
 from hubsets.builder import BuildError, Options, Task
+from hubsets.testing import samples
 
 
 @pytest.fixture(scope="module")

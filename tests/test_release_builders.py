@@ -17,10 +17,10 @@ import pytest
 from hubsets.builders import allava, kale, stablellava, synth2
 
 from hubsets import cli
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
 from hubsets.settings import Setting, SettingError
+from hubsets.testing import samples
 
 NOT_NAMED = "not named by any config in the upstream README.md"
 

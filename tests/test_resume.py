@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.layout import WORK as STAGING
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 BUILD = """

@@ -16,9 +16,9 @@ from datasets import Image, List, load_dataset
 from hubsets.builders.skvqa import origin_of
 from PIL import Image as PILImage
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 

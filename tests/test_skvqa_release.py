@@ -18,10 +18,10 @@ from datasets import load_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import Options
 from hubsets.export import export
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 PICTURES = samples.sample_images(4)

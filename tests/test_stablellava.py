@@ -11,9 +11,9 @@ from conftest_hub import partition_rows
 from datasets import Image, List, load_dataset
 from hubsets.builders.stablellava import CATEGORIES
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 

@@ -17,9 +17,9 @@ import pytest
 from datasets import load_dataset
 from hubsets.builders import synth2
 
-from hubsets.testing import samples
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
 NUMPY = {"float16": "<f2", "float32": "<f4", "int32": "<i4", "bfloat16": "<u2"}

@@ -8,9 +8,9 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hubsets.build.shards import ShardWriter
 from hubsets.builder import Partition
 from hubsets.schema import FEATURES, empty_record
-from hubsets.build.shards import ShardWriter
 
 KB = 1024
 
