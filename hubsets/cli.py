@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hubsets
 from hubsets import progress
-from hubsets.builder import BuildError, Options
+from hubsets.builder import BuildError, Options, hook
 
 
 class UsageError(Exception):
@@ -55,35 +55,37 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"config {config.name}{' (default)' if config.default else ''}: {config.description}")
     for f in builder.FILTERS:
         print(f"filter {f.name}: {f.definition}")
-    layout = getattr(builder, "SOURCE_LAYOUT", None)
-    if layout:
+    if layout := hook(builder, "SOURCE_LAYOUT"):
         print(f"\nexpected --source layout:\n{layout}")
-    download = getattr(builder, "DOWNLOAD", None)
-    if download:
+    if download := hook(builder, "DOWNLOAD"):
         print(f"\ndownload: {download}")
-    declared = getattr(builder, "SETTINGS", ())
-    if declared:
+    if declared := hook(builder, "SETTINGS"):
         print("\n--set keys:")
         for setting in declared:
-            text = setting.describe() if hasattr(setting, "describe") else (
-                f"{setting}: {declared[setting]}" if isinstance(declared, dict) else str(setting))
-            print(f"  {text}")
-    print(f"\nexport: hubsets export OUT --config {builder.CONFIGS[0].name} --format llava|cauldron --out DIR")
+            print(f"  {setting.describe()}")
+    config = next((c for c in builder.CONFIGS if c.default), builder.CONFIGS[0])
+    print(f"\nexport: hubsets export OUT --config {config.name} --format llava|cauldron --out DIR")
     print()
     print(" ".join(builder.DESCRIPTION.split()))
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace) -> Options:
+    """The builder options `build` and `inspect` share; an unknown dataset is a usage error."""
     from hubsets import registry
-    from hubsets.build import build
 
     if args.name not in registry.names():
         raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(registry.names())}")
+    return Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
+                   settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from hubsets.build import build
+
+    options = _options(args)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
-                      settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
     if not Path(args.source).is_dir():
         raise CommandError(f"source folder {args.source} does not exist (or is not a folder): pass --source "
                            "the folder holding the upstream release")
@@ -101,15 +103,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from hubsets import registry
     from hubsets.inspect import dumps, inspect, render
 
-    if args.name not in registry.names():
-        raise UsageError(f"unknown dataset {args.name!r}; known: {', '.join(registry.names())}")
+    options = _options(args)
     if args.rows < 0:
         raise UsageError("--rows must be 0 or more")
-    options = Options(source=Path(args.source), columns=_pairs(args.column, "--column"),
-                      settings=_pairs(args.set, "--set"), max_pixels=args.max_pixels, revision=args.revision)
     report = inspect(args.name, options, shown=args.rows)
     print(dumps(report) if args.json else render(report))
     return 0
