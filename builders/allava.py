@@ -64,7 +64,7 @@ from hubsets.builder import (
     Task,
     json_array_tasks,
 )
-from hubsets.llava import ConversationError, conversations_to_messages
+from hubsets.llava import conversations_to_messages
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
 
@@ -311,22 +311,19 @@ def fetch_settings(options: Options) -> dict[str, Any]:
 
 
 def _read_file(base: Path, rel: str) -> bytes | None:
-    """Bytes of `base/rel`, or None when there is no such file."""
+    """Bytes of `base/rel`, or None when there is no such file (`image_unreadable` `RowError` otherwise)."""
     try:
         return sources.read_local_image(base, rel)
     except FileNotFoundError:
         return None
-    except (ValueError, OSError) as exc:
-        raise RowError("image_unreadable", str(exc)) from None
 
 
 def _from_archive(index: archives.ArchiveIndex, key: str) -> bytes | None:
+    """The member's bytes, or None when there is none (an unusable member is its `ArchiveError`: a reject)."""
     try:
         return index.read(key)
     except KeyError:
         return None
-    except archives.ArchiveError as exc:
-        raise RowError(exc.reason, exc.detail) from None
 
 
 class LaionImages:
@@ -499,9 +496,7 @@ def _read_row(subset: Subset, file: str, row: int, value: Any, resolver: LaionIm
             data, found = resolver.get(image)
             images = [{"bytes": data, "path": _basename(image)}]
             image_meta = {"image": image, "image_file": found}
-    except ConversationError as exc:
-        return Reject(file, row, upstream_id, origin, exc.reason, exc.detail)
-    except RowError as exc:
+    except RowError as exc:  # its kinds too: ConversationError, ArchiveError (hubsets.errors)
         return Reject(file, row, upstream_id, origin, exc.reason, exc.detail)
     key = upstream_id
     if subset.id_prefix and key.startswith(subset.id_prefix) and len(key) > len(subset.id_prefix):

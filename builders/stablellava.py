@@ -32,7 +32,7 @@ from typing import Any
 from hubsets import archives, release, sources
 from hubsets import settings as setting_keys
 from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Survey, Task, json_array_tasks
-from hubsets.llava import IMAGE_TOKEN, ConversationError, conversations_to_messages
+from hubsets.llava import IMAGE_TOKEN, conversations_to_messages
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
 
@@ -209,8 +209,6 @@ def _read_image(root: Path, image: str) -> bytes:
         return sources.read_local_image(root, image)
     except FileNotFoundError:
         raise RowError("image_missing", f"{image} is not in {root}") from None
-    except (ValueError, OSError) as exc:
-        raise RowError("image_unreadable", str(exc)) from None
 
 
 def _read_row(category: str, file: str, row: int, value: Any, root: Path | None) -> Item:
@@ -234,7 +232,7 @@ def _read_row(category: str, file: str, row: int, value: Any, root: Path | None)
                 raise RowError("image_token_mismatch", f"question and answer hold {converted.image_parts} "
                                 f"{IMAGE_TOKEN} tokens for 1 image")
             images = [{"bytes": _read_image(root, image), "path": image.replace("\\", "/").rsplit("/", 1)[-1]}]
-    except (RowError, ConversationError) as exc:
+    except RowError as exc:  # ConversationError too (hubsets.errors)
         return Reject(file, row, upstream_id, category, exc.reason, exc.detail)
     meta: dict[str, Any] = {"source_file": file, "source_row": row, "upstream_id": upstream_id, "id_key": "id",
                             "category": category, "prompt": prompt, "image": image}

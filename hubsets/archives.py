@@ -24,16 +24,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hubsets import errors
+
 MB = 1024 * 1024
 
 
-class ArchiveError(Exception):
-    """A member that cannot be used (refused or unreadable). `reason` is a short machine code."""
+class ArchiveError(errors.RowError):
+    """A member that cannot be used (refused or unreadable): its row is rejected with the reason
+    (`hubsets.errors`); an archive that cannot be opened at all is the caller's `BuildError`."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, f"{reason}: {detail}")
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
+from hubsets.errors import RowError as RowError  # re-exported: raised in readers for one unusable row
 from hubsets.filters import Filter
 from hubsets.schema import Record
+
+if TYPE_CHECKING:
+    from hubsets.build.output import Output
+    from hubsets.settings import Setting
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,6 @@ class Reject:
 Item = Row | Reject
 
 
-class RowError(Exception):
-    """Raised inside a builder's reader for one unusable row; the reader turns it into a `Reject`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 def json_array_tasks(source: Path, file: str, rows_per_task: int, *, survey: bool = False) -> list[Task]:
     """Tasks over byte-range slices of one large JSON array, so one file does not serialize a build.
 
@@ -140,20 +136,6 @@ class Options:
     (one task may span a whole file: inspect stops after a sample)."""
 
 
-def positive_int_setting(options: Options, name: str, default: int) -> int:
-    """`--set NAME=N` as a positive integer, `default` when absent; `BuildError` naming the setting otherwise."""
-    value = options.settings.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise BuildError(f"--set {name}={value!r}: expected a positive integer")
-    return number
-
-
 @dataclass
 class Survey:
     """What only the builder can say about a source, for `hubsets inspect` and the warnings `hubsets build`
@@ -174,11 +156,8 @@ class Survey:
 class Builder(Protocol):
     """The contract every module in `builders/` fulfils (module-level attributes + functions).
 
-    Optional hooks, looked up with `getattr`: `plan_stats`, `record_stats`, `reject_stats`, `output_stats`,
-    `card_sections` (the build and its card) and `survey(options, sample) -> Survey`: what the builder alone
-    knows about the source (layout, files it skips and why, column mapping, warnings), given the items
-    `read` yielded for a sample of first rows planned with `Options.survey`. Without it, `hubsets inspect`
-    reports what is generic: the files the tasks read, the others, upstream configs, rejects in the sample.
+    The members after `read` are optional: a module may leave any out, and callers read them through `hook`,
+    which supplies the default documented on each (`HOOK_DEFAULTS`), never with their own `getattr`.
     """
 
     NAME: str
@@ -202,3 +181,91 @@ class Builder(Protocol):
     def read(self, task: Task, options: Options) -> Iterator[Item]:
         """Rows and rejects of one task; `sources.SourceError` propagates for a file that stops being readable."""
         ...
+
+    # --- optional (defaults in HOOK_DEFAULTS) --------------------------------------------------------------
+
+    SETTINGS: Sequence[Setting]
+    """The `--set` keys (`hubsets.settings.Setting`), parsed by `settings.parse` and printed by `hubsets info`.
+    Default: none (any `--set` is unknown)."""
+    SOURCE_LAYOUT: str
+    """The expected `--source` folder, printed by `hubsets info`. Default: empty (not printed)."""
+    DOWNLOAD: str
+    """How to download the upstream release, printed by `hubsets info`. Default: empty (not printed)."""
+    LICENSE_NAME: str | None
+    """The card's `license_name` when `LICENSE` is `other`. Default: None (`<NAME>-upstream-terms`)."""
+    LICENSE_LINK: str | None
+    """The card's `license_link` when `LICENSE` is `other`. Default: None (the upstream repo's page)."""
+
+    def plan_stats(self, options: Options, tasks: list[Task]) -> Mapping[str, int]:
+        """Manifest `stats` counters known at plan time (files found, files skipped). Default: none."""
+        ...
+
+    def record_stats(self, record: Record) -> Mapping[str, int]:
+        """Counters added per accepted record, in the task. Default: none."""
+        ...
+
+    def reject_stats(self, reject: Reject) -> Mapping[str, int]:
+        """Counters added per reject (also for rejects the dedupe pass finds). Default: none."""
+        ...
+
+    def output_stats(self, out: Output, files: list[str]) -> Mapping[str, int]:
+        """Counters across tasks, from the written files' columns (e.g. split overlap). Default: none.
+        `files` are paths relative to the output, which may be an object store (`s3://...`): read them
+        through `out` (`out.read_table(file, columns=[...])`, `out.open(file)`), never as local paths."""
+        ...
+
+    def card_sections(self, manifest: Mapping[str, Any]) -> Mapping[str, str]:
+        """Values for the builder's card template beyond the common ones, from the manifest. Default: none."""
+        ...
+
+    def survey(self, options: Options, sample: Sequence[Item]) -> Survey:
+        """What only the builder knows about the source (layout, files it skips and why, column mapping,
+        warnings), given the items `read` yielded for a sample of first rows planned with `Options.survey`.
+        Default: an empty `Survey` (`hubsets inspect` reports what is generic: the files the tasks read, the
+        others, upstream configs, rejects in the sample)."""
+        ...
+
+
+def _no_stats(*_: Any) -> dict[str, int]:
+    return {}
+
+
+def _no_sections(_: Mapping[str, Any]) -> dict[str, str]:
+    return {}
+
+
+def _no_survey(_: Options, __: Sequence[Item]) -> Survey:
+    return Survey()
+
+
+HOOK_DEFAULTS: Mapping[str, Any] = {
+    "SETTINGS": (), "SOURCE_LAYOUT": "", "DOWNLOAD": "", "LICENSE_NAME": None, "LICENSE_LINK": None,
+    "plan_stats": _no_stats, "record_stats": _no_stats, "reject_stats": _no_stats, "output_stats": _no_stats,
+    "card_sections": _no_sections, "survey": _no_survey,
+}
+"""The value of each optional `Builder` member a module leaves out."""
+
+_Stats = Mapping[str, int]
+
+
+@overload
+def hook(builder: Builder, name: Literal["SETTINGS"]) -> Sequence[Setting]: ...
+@overload
+def hook(builder: Builder, name: Literal["SOURCE_LAYOUT", "DOWNLOAD"]) -> str: ...
+@overload
+def hook(builder: Builder, name: Literal["LICENSE_NAME", "LICENSE_LINK"]) -> str | None: ...
+@overload
+def hook(builder: Builder, name: Literal["plan_stats"]) -> Callable[[Options, list[Task]], _Stats]: ...
+@overload
+def hook(builder: Builder, name: Literal["record_stats"]) -> Callable[[Record], _Stats]: ...
+@overload
+def hook(builder: Builder, name: Literal["reject_stats"]) -> Callable[[Reject], _Stats]: ...
+@overload
+def hook(builder: Builder, name: Literal["output_stats"]) -> Callable[[Output, list[str]], _Stats]: ...
+@overload
+def hook(builder: Builder, name: Literal["card_sections"]) -> Callable[[Mapping[str, Any]], Mapping[str, str]]: ...
+@overload
+def hook(builder: Builder, name: Literal["survey"]) -> Callable[[Options, Sequence[Item]], Survey]: ...
+def hook(builder: Builder, name: str) -> Any:
+    """The builder's optional member `name`, or its default (`HOOK_DEFAULTS`): the one place they are looked up."""
+    return getattr(builder, name, HOOK_DEFAULTS[name])

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from hubsets import resources
-from hubsets.builder import Builder
+from hubsets.builder import Builder, hook
 from hubsets.progress import human, plural
 from hubsets.schema import FEATURES_YAML
 
@@ -38,8 +38,8 @@ def metadata(builder: Builder, manifest: Mapping[str, Any]) -> dict[str, Any]:
     total = sum(n for name, n in sizes.items() if configs[name]["default"]) or max(sizes.values(), default=0)
     header: dict[str, Any] = {"pretty_name": builder.PRETTY_NAME, "license": builder.LICENSE}
     if builder.LICENSE == "other":  # the Hub's convention: name and link only for `other`
-        header["license_name"] = getattr(builder, "LICENSE_NAME", None) or f"{builder.NAME}-upstream-terms"
-        header["license_link"] = (getattr(builder, "LICENSE_LINK", None)
+        header["license_name"] = hook(builder, "LICENSE_NAME") or f"{builder.NAME}-upstream-terms"
+        header["license_link"] = (hook(builder, "LICENSE_LINK")
                                   or f"https://huggingface.co/datasets/{builder.UPSTREAM_REPO}")
     header.update({
         "language": ["en"],
@@ -248,9 +248,7 @@ def render(builder: Builder, manifest: Mapping[str, Any]) -> str:
         "hubsets_version": manifest["builder"]["hubsets_version"],
         "citation": builder.CITATION.strip(),
     }
-    extra = getattr(builder, "card_sections", None)
-    if extra is not None:
-        values.update(extra(manifest))
+    values.update(hook(builder, "card_sections")(manifest))
     body = string.Template(resources.card_template(builder.NAME)).substitute(values)
     body = body.replace(f"at revision `{_NO_REVISION}`", "(upstream revision not recorded)")
     body = _prose(body.replace(_NO_REVISION, "not recorded"))

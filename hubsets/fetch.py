@@ -62,7 +62,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import hubsets
-from hubsets import images, progress
+from hubsets import errors, images, progress
 
 MB = 1024 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -240,12 +240,12 @@ class FetchCache:
             yield entry["url"], entry.get("reason")
 
 
-class _Failure(Exception):
+class _Failure(errors.Error):
+    """One attempt failed; becomes the `FetchResult`'s reason (retried or cached by `reason`)."""
+
     def __init__(self, reason: str, detail: str, *, status: int | None = None,
                  retry_after: float | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.status = status
         self.retry_after = retry_after
 

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from hubsets import errors
+
 DEFAULT_MAX_PIXELS = 64_000_000
 """Default cap on width*height (a 8000x8000 image); larger images are rejected as `image_too_large`."""
 
 
-class ImageError(ValueError):
-    """An image that cannot be used. `reason` is a short machine-readable code."""
+class ImageError(errors.RowError, ValueError):
+    """An image that cannot be used (`hubsets.errors`: the row is rejected with its reason)."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, f"{reason}: {detail}")
 
 
 @dataclass(frozen=True)

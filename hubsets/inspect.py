@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from hubsets import images, registry, release, sources
 from hubsets.build.task import _accept, _ImageChecker
-from hubsets.builder import READS, Builder, BuildError, Item, Options, Reject, Row, Survey, Task
+from hubsets.builder import READS, Builder, BuildError, Item, Options, Reject, Row, Survey, Task, hook
 from hubsets.schema import Record
 
 SAMPLE_FILES = 3
@@ -91,8 +91,7 @@ def inspect(name: str, options: Options, *, shown: int = SHOWN) -> Report:
         raise BuildError(f"no input files found under {options.source} for {name}")
     report = Report(name, str(options.source))
     sample = _sample(builder, tasks, survey_options)
-    hook = getattr(builder, "survey", None)
-    found: Survey = hook(survey_options, [item for item, _ in sample.items]) if hook is not None else Survey()
+    found = hook(builder, "survey")(survey_options, [item for item, _ in sample.items])
     report.layout = found.layout
     report.notes = list(found.notes)
     _configs(report, options.source)
@@ -186,8 +185,7 @@ def _fetching(builder: Builder, options: Options) -> bool:
 
 
 def _setting_names(builder: Builder) -> set[str]:
-    declared = getattr(builder, "SETTINGS", ())
-    return {getattr(s, "name", s) for s in declared}
+    return {s.name for s in hook(builder, "SETTINGS")}
 
 
 # --- files and configs --------------------------------------------------------------------------------------

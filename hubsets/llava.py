@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hubsets import sources
+from hubsets import errors, sources
 
 IMAGE_TOKEN = "<image>"
 ROLE_OF = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -33,13 +33,11 @@ FROM_OF = {"user": "human", "assistant": "gpt", "system": "system"}
 """Chat role -> the LLaVA `from` value written when `meta.roles` does not say otherwise."""
 
 
-class ConversationError(ValueError):
-    """Upstream conversations that cannot be converted; `reason` is a short reject code."""
+class ConversationError(errors.RowError, ValueError):
+    """Upstream conversations that cannot be converted: the row is rejected with the reason (`hubsets.errors`)."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, f"{reason}: {detail}")
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from hubsets import errors
+
 MAX_CARD_BYTES = 1024 * 1024
 """A card's YAML is a few KB; anything this big is not a card."""
 
@@ -34,8 +36,11 @@ class ReleaseConfig:
         return sorted({f for files in self.splits.values() for f in files})
 
 
-class ReleaseError(ValueError):
+class ReleaseError(errors.Error, ValueError):
     """The upstream README exists but its YAML cannot be used; the message names the file and the cause."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_card", detail, detail)
 
 
 class _NoAliases(yaml.SafeLoader):

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hubsets import errors
+
 JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -36,7 +38,7 @@ CHUNK = 1024 * 1024
 """Bytes read at a time by the JSON readers."""
 
 
-class SourceError(Exception):
+class SourceError(errors.Error):
     """An input file cannot be read from some point on. The message names the file, the row and the byte.
 
     `row`: the first row not read (rows before it were yielded; None when unknown); `byte`: the offset where
@@ -46,11 +48,9 @@ class SourceError(Exception):
         where = file if row is None else f"{file} row {row}"
         if byte is not None:
             where += f", byte {byte:,}"
-        super().__init__(f"{where}: {reason}: {detail}")
+        super().__init__(reason, detail, f"{where}: {reason}: {detail}")
         self.file = file
         self.row = row
-        self.reason = reason
-        self.detail = detail
         self.byte = byte
 
     def bad_file(self) -> dict[str, Any]:
@@ -669,12 +669,19 @@ def _realpath(folder: Path) -> Path:
 
 
 def read_local_image(base: Path, relative: str, *, max_bytes: int = 256 * 1024 * 1024) -> bytes:
-    """Bytes of an image file referenced relative to `base`; `FileNotFoundError`/`ValueError` on failure."""
-    with open(safe_join(base, relative), "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > max_bytes:
-            raise ValueError(f"{relative}: {size} bytes exceeds the {max_bytes}-byte cap")
-        return f.read()
+    """Bytes of an image file referenced relative to `base`: `FileNotFoundError` when there is none (the caller
+    looks elsewhere or rejects `image_missing`), `RowError` `image_unreadable` when it cannot be read (a path
+    escaping `base`, a folder, over `max_bytes`, an I/O error), so builders need not translate."""
+    try:
+        with open(safe_join(base, relative), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise errors.RowError("image_unreadable", f"{relative}: {size} bytes exceeds the {max_bytes}-byte cap")
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise errors.RowError("image_unreadable", str(exc)[:300]) from None
 
 
 def to_jsonable(value: Any) -> Any:

@@ -26,15 +26,20 @@ import pyarrow.parquet as pq
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
+from hubsets import errors
+
 IMAGE_BYTES = "images.list.element.bytes"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
 
 
-class DataError(RuntimeError):
+class DataError(errors.Error, RuntimeError):
     """The data cannot be read on: a damaged shard, or a run of unusable rows. One line, naming the file (and
     row group) and what to do; raised in the training process even when a DataLoader worker found it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("data_unreadable", detail, detail)
 
 
 @dataclass(frozen=True, eq=False)
