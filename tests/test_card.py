@@ -96,3 +96,27 @@ def test_image_overhead_is_stated_only_when_the_build_measured_it(skvqa_built):
     assert f"of the 1 extra copy it is expected to save about {human(98 * mb - 128 * 1024)}" in one
     manifest["stats"]["images"] = {"stored_bytes": 5 * mb, "distinct_bytes": 5 * mb}
     assert "Every image is stored once (5.0 MB of image bytes)." in card.render(builder, manifest)
+
+
+def test_an_image_in_two_partitions_is_counted_and_explained(tmp_path):
+    """One image, two QA pairs: one answer is in the context (passes CAP), one is not. The image is stored
+    in both partitions; the build measures it and the card says what it costs."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hubsets.build import build
+    from hubsets.builder import Options
+    from hubsets.testing import samples
+
+    picture = samples.encode(samples.photo_like(320, 240, np.random.default_rng(0)))
+    rows = [{"image": {"bytes": picture, "path": "a.jpg"}, "context": "The photo shows a tower 300 m tall.",
+             "question": question, "answer": [answer], "source": "wit"}
+            for question, answer in (("How tall is it?", "300 m"), ("What colour is the sky?", "blue"))]
+    (tmp_path / "src" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "src" / "data" / "train-00000-of-00001.parquet")
+    manifest = build("skvqa", Options(source=tmp_path / "src"), tmp_path / "out", progress=False)
+    assert len(manifest["partitions"]) == 2
+    assert manifest["stats"]["images"] == {"stored_bytes": 2 * len(picture), "distinct_bytes": len(picture)}
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "is stored in both" in card and "(100.0%) more" in card
