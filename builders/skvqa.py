@@ -567,8 +567,6 @@ def _image_bytes(value: Any, base: Path, ctx: _Reading) -> bytes:
             return sources.read_local_image(base, value)
         except FileNotFoundError:
             raise RowError("image_missing", f"image file {value[:200]!r} not found") from None
-        except (ValueError, OSError) as exc:
-            raise RowError("image_unreadable", str(exc)[:300]) from None
     if value is None:
         raise RowError("image_missing", "image is null")
     raise RowError("wrong_type", f"image must be bytes, a path, a URL or an {{bytes, path}} struct, got "

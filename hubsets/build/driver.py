@@ -32,7 +32,7 @@ from hubsets import card, layout, lock, progress, registry, sources
 from hubsets.build import dedupe
 from hubsets.build.shards import WrittenFile, describe
 from hubsets.build.task import Records, TaskStats, run_task, task_key
-from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task
+from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task, hook
 
 MANIFEST = layout.MANIFEST
 REJECTS = layout.REJECTS
@@ -76,9 +76,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     if len(set(keys)) != len(keys):
         raise BuildError(f"the {name} builder planned the same task twice; this is a bug in its plan()")
     extra: Counter[str] = Counter()
-    plan_stats = getattr(builder, "plan_stats", None)
-    if plan_stats is not None:
-        extra.update(plan_stats(options, tasks))
+    extra.update(hook(builder, "plan_stats")(options, tasks))
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # first: a folder being rebuilt must not look finished
@@ -106,9 +104,8 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     except OSError as exc:
         raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished tasks are kept and the build resumes") from exc
-    output_stats = getattr(builder, "output_stats", None)
-    if output_stats is not None:  # statistics across tasks, from the written files' columns (e.g. split overlap)
-        extra.update(output_stats(out, [f.path for f in files]))
+    # statistics across tasks, from the written files' columns (e.g. split overlap)
+    extra.update(hook(builder, "output_stats")(out, [f.path for f in files]))
     manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
                          {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
     _check_accounting(manifest)
@@ -259,7 +256,7 @@ def _collect(out: Path, records: Records, keys: list[str], stats: list[TaskStats
     read: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []  # small: reasons and origins only are kept for the manifest
     bad_files: list[dict[str, Any]] = []
-    reject_stats = getattr(builder, "reject_stats", None)
+    reject_stats = hook(builder, "reject_stats")
     path = out / REJECTS
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as sink:
@@ -274,9 +271,8 @@ def _collect(out: Path, records: Records, keys: list[str], stats: list[TaskStats
                 sink.write(line)
                 entry = json.loads(line)
                 rejects.append(_reject_summary(entry))
-                if reject_stats is not None:
-                    extra.update(reject_stats(Reject(entry["file"], entry["row"], None, entry["origin"],
-                                                     entry["reason"], entry["detail"])))
+                extra.update(reject_stats(Reject(entry["file"], entry["row"], None, entry["origin"],
+                                                 entry["reason"], entry["detail"])))
     return read, rejects, sorted(bad_files, key=lambda b: (b["file"], b["after_row"] or 0))
 
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from hubsets import images, layout, pylist, registry, schema, sources
 from hubsets.build.shards import ENCODED_SCHEMA, ShardWriter, WrittenFile, encoded_images, release_unused
-from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task
+from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task, hook
 from hubsets.filters import signature
 
 TASKS = f"{layout.WORK}/tasks"
@@ -320,8 +320,7 @@ class _Batch:
 def _run(builder: Builder, task: Task, options: Options, tmp: Path, writer: ShardWriter) -> TaskStats:
     stats = TaskStats()
     check = _ImageChecker(options.max_pixels)
-    record_stats = getattr(builder, "record_stats", None)
-    reject_stats = getattr(builder, "reject_stats", None)
+    record_stats, reject_stats = hook(builder, "record_stats"), hook(builder, "reject_stats")
     batch = _Batch()
     seen: set[bytes] = set()
 
@@ -330,8 +329,7 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path, writer: Shar
             result = dataclasses.replace(result, origin=sources.path_segment(result.origin))
         stats.read[result.origin] += result.count
         stats.rejected[result.origin] += result.count
-        if reject_stats is not None:
-            stats.extra.update(reject_stats(result))
+        stats.extra.update(reject_stats(result))
         rejects.write(reject_line(result))
 
     with open(tmp / REJECTS, "w", encoding="utf-8") as rejects, sources.noting() as notes:
@@ -352,8 +350,7 @@ def _run(builder: Builder, task: Task, options: Options, tmp: Path, writer: Shar
                 seen.add(key)
                 stats.read[partition.origin] += 1
                 stats.accepted[partition.origin] += 1
-                if record_stats is not None:
-                    stats.extra.update(record_stats(record))
+                stats.extra.update(record_stats(record))
                 batch.add(partition, record)
                 if batch.full():
                     batch.write(writer)
