@@ -75,9 +75,15 @@ def check(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
         except Image.DecompressionBombError as exc:
             raise ImageError("image_too_large", str(exc)) from None
         except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
-            text = str(exc)
-            code = "image_truncated" if "truncated" in text or isinstance(exc, EOFError) else "image_corrupt"
-            raise ImageError(code, text or type(exc).__name__) from None
+            raise decode_error(exc) from None
         finally:
             image.close()
     return info
+
+
+def decode_error(exc: BaseException) -> ImageError:
+    """The `ImageError` for what Pillow raised while decoding image data: `image_truncated` when the data ends
+    early, else `image_corrupt` (one rule for the build's `check` and the loader's decoders)."""
+    text = str(exc) or type(exc).__name__
+    return ImageError("image_truncated" if "truncated" in text or isinstance(exc, EOFError) else "image_corrupt",
+                      text)

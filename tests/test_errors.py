@@ -37,7 +37,8 @@ def _literal(node: ast.AST) -> str | None:
 
 def _reason_nodes(node: ast.AST) -> list[ast.expr]:
     """The expressions at `node` that are reasons: a constructor's reason argument, `reason=`, `error=(r, d)`,
-    `x.error = (r, d)`, `scan.error(row, r, ...)`, `code = r if ... else r`, and `*_problem` return tuples."""
+    `x.error = (r, d)`, `scan.error(row, r, ...)`, `code = r`, and `*_problem` return tuples (a conditional
+    expression stands for both of its branches)."""
     found: list[ast.expr] = []
     if isinstance(node, ast.Call):
         f = node.func
@@ -59,7 +60,7 @@ def _reason_nodes(node: ast.AST) -> list[ast.expr]:
                 and isinstance(value, ast.Tuple):
             found.append(value.elts[0])
         if any(isinstance(t, ast.Name) and t.id in ("code", "reason") for t in node.targets):
-            found += [value.body, value.orelse] if isinstance(value, ast.IfExp) else [value]
+            found.append(value)
     elif isinstance(node, ast.FunctionDef) and node.name.endswith("_problem"):
         found += [r.value.elts[0] for r in ast.walk(node) if isinstance(r, ast.Return)
                   and isinstance(r.value, ast.Tuple)]
@@ -73,10 +74,11 @@ def scan() -> dict[str, str]:
         if path.name == "errors.py" and path.parent.name == "hubsets":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            for reason_node in _reason_nodes(node):
-                text = _literal(reason_node)
-                if text is not None and re.fullmatch(r"[a-z0-9_<>]+", text):  # not a message passed as reason
-                    reasons.setdefault(text, f"{path.relative_to(ROOT)}:{reason_node.lineno}")
+            for found in _reason_nodes(node):
+                for reason_node in (found.body, found.orelse) if isinstance(found, ast.IfExp) else (found,):
+                    text = _literal(reason_node)
+                    if text is not None and re.fullmatch(r"[a-z0-9_<>]+", text):  # not a message as reason
+                        reasons.setdefault(text, f"{path.relative_to(ROOT)}:{reason_node.lineno}")
     return reasons
 
 

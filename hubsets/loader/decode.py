@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from hubsets.images import DEFAULT_MAX_PIXELS, ImageError
+from hubsets.images import DEFAULT_MAX_PIXELS, ImageError, decode_error
 from hubsets.loader.sizes import fit_size, longest_size
 
 Resize = Literal["crop", "pad", "stretch", "fit", "longest"]
@@ -331,9 +331,7 @@ def _open_pillow(data: bytes | memoryview) -> Iterator[Image.Image]:
             except ImageError:
                 raise
             except _PILLOW_ERRORS as exc:
-                text = str(exc) or type(exc).__name__
-                code = "image_truncated" if "truncated" in text or isinstance(exc, EOFError) else "image_corrupt"
-                raise ImageError(code, text) from None
+                raise decode_error(exc) from None
 
 
 def _pillow_orientation(image: Image.Image) -> int:
