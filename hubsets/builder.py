@@ -5,12 +5,15 @@ independent tasks over the source (so builds parallelise and resume per task) an
 `Row`s in the unified schema or `Reject`s with a reason. Everything else is `hubsets.build`'s job.
 
 Unreadable files: a row that cannot be used is a `Reject` (one per row: `hubsets.sources` readers hand a
-`BadRow` in its place). A *file* that cannot be read from some point on (truncated, broken structure, not
-parquet, a schema the builder cannot map) is not rows: `read()` lets `sources.SourceError` propagate (or
-raises one, with the first row not read and the byte offset where it stopped), after yielding the rows
-before the break. It never yields a `Reject` standing for rows it did not read. The stage keeps what was
-yielded and records the file; the build lists it in the manifest (`rejects.bad_files`) and the card, and
-fails unless `--allow-bad-files`.
+`BadRow` in its place). Inside a reader, one `except RowError` around a row turns every kind of row failure
+into its `Reject`: images (`ImageError`), archive members (`ArchiveError`), conversations (`ConversationError`)
+and local image files (`sources.read_local_image`) raise `RowError`s already, with a reason from
+`hubsets.errors.REASONS`; never translate one into another. A *file* that cannot be read from some point on
+(truncated, broken structure, not parquet, a schema the builder cannot map) is not rows: `read()` lets
+`sources.SourceError` propagate (or raises one, with the first row not read and the byte offset where it
+stopped), after yielding the rows before the break. It never yields a `Reject` standing for rows it did not
+read. The stage keeps what was yielded and records the file; the build lists it in the manifest
+(`rejects.bad_files`) and the card, and fails unless `--allow-bad-files`.
 """
 
 from __future__ import annotations
