@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,6 +29,9 @@ from hubsets.builder import READS, BuildError, Config, Item, Options, Partition,
 from hubsets.filters import Filter, contains_tokens, normalize_text
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
+
+if TYPE_CHECKING:
+    from hubsets.build.output import Output
 
 NAME = "skvqa"
 DATASET = "skvqa"
@@ -754,15 +757,15 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
             "agreement": _agreement(stats)}
 
 
-def output_stats(out: Path, files: list[str]) -> dict[str, int]:
+def output_stats(out: Output, files: list[str]) -> dict[str, int]:
     """`split_overlap`: rows outside `train` whose QA (id without `@<split>`) is also in `train`. Reads the `id`
-    column only, and keeps 8 bytes per train row."""
+    column only (through `out`: the output may be an object store), and keeps 8 bytes per train row."""
     if all(PurePosixPath(f).name.startswith("train-") for f in files):
         return {}  # one split: nothing can overlap (and nothing is read)
     train: list[int] = []
     others: list[int] = []
     for file in files:
-        for record_id in pq.read_table(out / file, columns=["id"]).column("id").to_pylist():
+        for record_id in out.read_table(file, columns=["id"]).column("id").to_pylist():
             base, _, split = record_id.partition("@")
             (others if split else train).append(_key64(base))
     if not others or not train:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hubsets
 from hubsets import progress
@@ -95,10 +97,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     for warning in build_warnings(args.name, options):  # what `hubsets inspect` warns of, first, one line each
         print(f"hubsets: warning: {_one_line(warning)}", file=sys.stderr)
-    manifest = build(args.name, options, Path(args.out), workers=args.workers, runner=args.runner,
-                     ray_address=args.address, allow_bad_files=args.allow_bad_files,
+    manifest = build(args.name, options, args.out, storage_options=_storage_options(args), workers=args.workers,
+                     runner=args.runner, ray_address=args.address, allow_bad_files=args.allow_bad_files,
                      discard_staging=args.discard_staging, progress=False if args.quiet else None)
-    _print_summary(manifest, Path(args.out))
+    _print_summary(manifest, args.out)
     return 0
 
 
@@ -113,7 +115,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(manifest: dict, out: Path) -> None:
+def _storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--storage-options JSON`: keyword arguments of the fsspec filesystem of an `s3://...` (or other URL)
+    folder, e.g. `{"endpoint_url": "http://127.0.0.1:9000"}`; credentials are better left to the environment."""
+    if not args.storage_options:
+        return None
+    try:
+        value = json.loads(args.storage_options)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--storage-options is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UsageError("--storage-options must be a JSON object, e.g. '{\"endpoint_url\": \"http://host:9000\"}'")
+    return value
+
+
+def _print_summary(manifest: dict, out: str) -> None:
     origins = manifest["origins"]
     read = sum(c["read"] for c in origins.values())
     written = sum(c["written"] for c in origins.values())
@@ -128,7 +144,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hubsets.validate import validate_folder
 
     shown = progress.Progress("validate", unit="file", enabled=not args.quiet)
-    errors = validate_folder(Path(args.dir), shown)
+    errors = validate_folder(args.dir, shown, storage_options=_storage_options(args))
     shown.close(summary=not errors)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
@@ -157,8 +173,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     if args.repo.count("/") != 1:
         raise UsageError(f"--repo must be ORG/NAME, got {args.repo!r}")
     try:
-        result = push(Path(args.dir), args.repo, endpoint=args.endpoint, revision=args.revision,
-                      create_pr=args.create_pr, private=args.private, message=args.message,
+        result = push(args.dir, args.repo, storage_options=_storage_options(args), endpoint=args.endpoint,
+                      revision=args.revision, create_pr=args.create_pr, private=args.private, message=args.message,
                       stall_timeout=args.stall_timeout, retry_for=args.retry_for, progress=not args.quiet)
     except PushError as exc:
         raise CommandError(_push_failure(str(exc), args)) from exc
@@ -187,6 +203,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(Path(args.out), args.dataset)
 
 
+STORAGE_HELP = ("for an fsspec URL folder: its filesystem's options as a JSON object, e.g. "
+                '\'{"endpoint_url": "http://127.0.0.1:9000"}\'')
 QUIET_HELP = ("no progress (a bar on a terminal, else a status line every 15 s or HUBSETS_PROGRESS_INTERVAL); "
               "the result still prints")
 
@@ -206,7 +224,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build", help="build a Hub-ready folder from an upstream release")
     s.add_argument("name", help="dataset name (see `hubsets list`)")
     s.add_argument("--source", required=True, help="folder holding the upstream release")
-    s.add_argument("--out", required=True, help="output folder (README.md, data/, rejects/, hubsets.json)")
+    s.add_argument("--out", required=True, help="output folder (README.md, data/, rejects/, hubsets.json), or an "
+                   "fsspec URL such as s3://bucket/prefix (credentials and endpoint from the environment: "
+                   "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
+    s.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     s.add_argument("--runner", choices=["local", "ray"], default="local",
                    help="run tasks in local processes or on a Ray cluster (pip install 'hubsets[ray]')")
@@ -233,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_inspect)
     s = sub.add_parser("validate", help="check a built folder: card, files, schema, counts, sha256")
-    s.add_argument("dir", help="a folder made by `hubsets build`")
+    s.add_argument("dir", help="a folder made by `hubsets build` (or its s3://... URL)")
+    s.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("export", help="convert a built folder back to LLaVA JSON (+ images) or Cauldron parquet")
@@ -255,7 +277,8 @@ def parser() -> argparse.ArgumentParser:
                    help="delete blobs no commit references (interrupted pushes, deleted repos), then exit")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("push", help="publish a built folder as one incremental commit")
-    s.add_argument("dir", help="a folder made by `hubsets build`")
+    s.add_argument("dir", help="a folder made by `hubsets build` (or its s3://... URL)")
+    s.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     s.add_argument("--repo", required=True, help="ORG/NAME of the dataset repo")
     s.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or the real Hub)")
     s.add_argument("--revision", default="main", help="branch to push to (default main)")

@@ -21,10 +21,17 @@ server already has).
 Progress (`progress=True`, the CLI's default; `--quiet` turns it off): on a terminal one bar of bytes sent,
 files done and the path of the file in flight; otherwise one status line every 15 s, so a log shows where a
 long push is. The CLI then prints `PushResult.summary()`.
+
+A folder on an object store (`hubsets push s3://bucket/prefix --repo org/name`) is read through
+`hubsets.build.output`: listed and hashed by streaming, then each file is handed to huggingface_hub as a
+seekable file object that opens the object only while it is read (`_TrackedFile`), with its size, sha256
+and first bytes given up front, so nothing is downloaded to local disk and each file is read twice
+(hashing, upload), as a local file is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -36,19 +43,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import IO, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub import set_client_factory as hf_set_client_factory
+from huggingface_hub._commit_api import UploadInfo
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub.utils.sha import git_hash
 
 from hubsets import card, progress
-from hubsets.layout import sha256_file
+from hubsets.build import output
+from hubsets.build.output import LocalOutput, Output
+from hubsets.layout import published, sha256_file, sha256_fileobj
 from hubsets.progress import human, plural
 from hubsets.validate import validate_folder
 
@@ -100,35 +110,70 @@ class PushResult:
 
 @dataclass(frozen=True)
 class _LocalFile:
-    path: Path
+    """A file of the folder to publish: on this machine (`path`), in memory (`data`: a rewritten card), or
+    on an object store (`folder`, `rel`; `sample`: its first bytes)."""
+
+    path: Path | None
     size: int
     sha256: str
+    folder: Output | None = None
+    rel: str = ""
+    sample: bytes = b""
+    data: bytes | None = None
+
+    def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        if self.path is not None:
+            return self.path.read_bytes()
+        assert self.folder is not None
+        return self.folder.read_bytes(self.rel)
+
+    def opener(self) -> Callable[[], IO[bytes]]:
+        if self.path is not None:
+            path = self.path
+            return lambda: open(path, "rb")  # noqa: SIM115 (closed by _TrackedFile)
+        assert self.folder is not None
+        folder, rel = self.folder, self.rel
+        return lambda: folder.open(rel, "rb")
 
 
-def _local_files(folder: Path) -> dict[str, _LocalFile]:
+def _local_files(folder: Output | Path) -> dict[str, _LocalFile]:
     """Every file of the folder by repo path, hashed; dot-files and dot-folders are not published."""
     files: dict[str, _LocalFile] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            files[path.relative_to(folder).as_posix()] = _LocalFile(path, path.stat().st_size, sha256_file(path))
+    if isinstance(folder, Path | LocalOutput):
+        root = folder if isinstance(folder, Path) else folder.root
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                files[path.relative_to(root).as_posix()] = _LocalFile(path, path.stat().st_size, sha256_file(path))
+        return files
+    for rel, size in sorted(folder.files("").items()):
+        if published(rel):
+            with folder.open(rel) as f:
+                sample = f.read(512)
+                f.seek(0)
+                files[rel] = _LocalFile(None, size, sha256_fileobj(f), folder, rel, sample)
     return files
 
 
-def _with_card_for(folder: Path, local: dict[str, _LocalFile], repo_id: str) -> dict[str, _LocalFile]:
+def _with_card_for(folder: Output, local: dict[str, _LocalFile], repo_id: str) -> dict[str, _LocalFile]:
     """Upload a card whose examples load `repo_id` (a build writes ORG/NAME), without editing the built folder:
-    the rewritten copy lives in a dot-folder, which is never published."""
+    the rewritten copy lives in a dot-folder, which is never published (in memory for a remote folder)."""
     built = local.get("README.md")
     if built is None:
         return local
-    text = built.path.read_text(encoding="utf-8")
+    text = built.read_bytes().decode("utf-8")
     pushed = card.for_repo(text, repo_id)
     if pushed == text:
         return local
-    path = folder / ".hubsets-push" / "README.md"
+    if not isinstance(folder, LocalOutput):
+        data = pushed.encode("utf-8")
+        return {**local, "README.md": _LocalFile(None, len(data), hashlib.sha256(data).hexdigest(), data=data)}
+    path = folder.root / ".hubsets-push" / "README.md"
     path.parent.mkdir(exist_ok=True)
     path.write_text(pushed, encoding="utf-8")
     return {**local, "README.md": _LocalFile(path, path.stat().st_size, sha256_file(path))}
@@ -138,7 +183,7 @@ def _unchanged(local: _LocalFile, remote: RepoFile) -> bool:
     """LFS files compare by sha256; small regular files by git blob id (all the remote has for them)."""
     if remote.lfs is not None:
         return remote.lfs.sha256 == local.sha256
-    return remote.size == local.size and remote.blob_id == git_hash(local.path.read_bytes())
+    return remote.size == local.size and remote.blob_id == git_hash(local.read_bytes())
 
 
 def _is_real_hub(endpoint: str) -> bool:
@@ -254,11 +299,12 @@ def _with_retries(action: Callable[[], T], token: str | None, policy: _Policy, p
             attempts[0] += 1
 
 
-def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: str = "main",
+def push(folder: Output | Path | str, repo_id: str, *, endpoint: str | None = None, revision: str = "main",
          create_pr: bool = False, private: bool = False, message: str | None = None,
          token: str | bool | None = None, stall_timeout: float | None = None, retry_for: float | None = None,
-         progress: bool | PushProgress = False) -> PushResult:
-    """Publish `folder` (a `hubsets build` output) to dataset repo `repo_id` at branch `revision`.
+         progress: bool | PushProgress = False, storage_options: dict[str, Any] | None = None) -> PushResult:
+    """Publish `folder` (a `hubsets build` output: a path, or an fsspec URL with its `storage_options`) to
+    dataset repo `repo_id` at branch `revision`.
 
     Validates the folder first and refuses an invalid one (PushError listing the problems). Creates the repo
     if needed (`private` applies only then) and the branch from main if it is missing. With `create_pr`, the
@@ -267,7 +313,6 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     module docstring); `progress` shows it on stderr (or pass a `PushProgress`).
     """
     started = time.monotonic()
-    folder = Path(folder)
     policy = _policy(stall_timeout, retry_for)
     api = HfApi(endpoint=endpoint, token=token)
     secret = token if isinstance(token, str) else (None if token is False else get_token())
@@ -276,15 +321,16 @@ def push(folder: Path, repo_id: str, *, endpoint: str | None = None, revision: s
     retries = [0]
     with _xet_disabled_unless_hub(api.endpoint), _stall_timeout(policy.stall_timeout), shown.showing() as track:
         shown.note("validating the folder")  # hashes every file: minutes on a large folder, so shown too
-        errors = validate_folder(folder)
+        errors = validate_folder(folder, storage_options=storage_options)
         if errors:
             raise PushError(f"{folder} is not ready to push ({len(errors)} problems):\n  " + "\n  ".join(errors))
         shown.note("hashing the folder")
-        local = _with_card_for(folder, _local_files(folder), repo_id)
+        built = output.of(folder, storage_options)
+        local = _with_card_for(built, _local_files(built), repo_id)
         shown.note("connecting")
         _with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
                       secret, policy, shown, retries)
-        result = _with_retries(lambda: _push_once(api, folder, repo_id, local, revision, create_pr, message, sent,
+        result = _with_retries(lambda: _push_once(api, repo_id, local, revision, create_pr, message, sent,
                                                   shown if track else None), secret, policy, shown, retries)
     return replace(result, seconds=time.monotonic() - started, retries=retries[0])
 
@@ -312,7 +358,7 @@ def _remote_head(api: HfApi, repo_id: str, revision: str, create_pr: bool) -> st
     return sha
 
 
-def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFile], revision: str,
+def _push_once(api: HfApi, repo_id: str, local: dict[str, _LocalFile], revision: str,
                create_pr: bool, message: str | None, sent: _Sent, progress: PushProgress | None) -> PushResult:
     """Plan against the remote head and commit the difference. When an earlier attempt's commit went unanswered
     and the retry finds it landed (the branch, or a pull request opened since, now matches the folder), the
@@ -352,11 +398,19 @@ def _push_once(api: HfApi, folder: Path, repo_id: str, local: dict[str, _LocalFi
 
 def _addition(path: str, local: _LocalFile, progress: PushProgress | None) -> CommitOperationAdd:
     """An upload of `local`, its sha256 given (the folder was hashed once already); with `progress`, read
-    through a `_TrackedFile` so the bytes sent and the path in flight can be shown."""
+    through a `_TrackedFile` so the bytes sent and the path in flight can be shown. A remote folder's file is
+    always read through one (its size, sha256 and first bytes known: huggingface_hub reads nothing to plan)."""
+    if local.data is not None:
+        return CommitOperationAdd(path_in_repo=path, path_or_fileobj=local.data)
+    if local.path is None:
+        op = CommitOperationAdd(path_in_repo=path, path_or_fileobj=b"")
+        op.upload_info = UploadInfo(size=local.size, sample=local.sample, sha256=bytes.fromhex(local.sha256))
+        op.path_or_fileobj = _TrackedFile(local.opener(), local.size, path, progress)  # type: ignore[assignment]
+        return op
     op = CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local.path))
     op.upload_info.sha256 = bytes.fromhex(local.sha256)
     if progress is not None:
-        op.path_or_fileobj = _TrackedFile(local.path, local.size, path, progress)  # type: ignore[assignment]
+        op.path_or_fileobj = _TrackedFile(local.opener(), local.size, path, progress)  # type: ignore[assignment]
     return op
 
 
@@ -540,10 +594,11 @@ class _TrackedFile(io.BufferedIOBase):
     """A file for huggingface_hub to upload from, opened only while read (a push of thousands of files must not
     hold thousands open), reporting how far it was read to a `PushProgress`."""
 
-    def __init__(self, path: Path, size: int, repo_path: str, progress: PushProgress) -> None:
+    def __init__(self, opener: Callable[[], IO[bytes]], size: int, repo_path: str,
+                 progress: PushProgress | None) -> None:
         super().__init__()
-        self._path, self._size, self._repo_path, self._progress = path, size, repo_path, progress
-        self._file: io.BufferedReader | None = None
+        self._opener, self._size, self._repo_path, self._progress = opener, size, repo_path, progress
+        self._file: IO[bytes] | None = None
         self._pos = 0
 
     def readable(self) -> bool:
@@ -564,11 +619,12 @@ class _TrackedFile(io.BufferedIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         if self._file is None:
-            self._file = open(self._path, "rb")  # noqa: SIM115 (closed at EOF or by close())
+            self._file = self._opener()  # closed at EOF or by close()
             self._file.seek(self._pos)
         data = self._file.read(-1 if size is None else size)
         self._pos += len(data)
-        self._progress.sent(self._repo_path, self._pos)
+        if self._progress is not None:
+            self._progress.sent(self._repo_path, self._pos)
         if not data or self._pos >= self._size:
             self._file.close()
             self._file = None

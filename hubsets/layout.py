@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 CARD = "README.md"
 MANIFEST = "hubsets.json"
@@ -51,8 +52,13 @@ def parquet_files(folder: Path) -> Iterable[Path]:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            digest.update(chunk)
+        return sha256_fileobj(f)
+
+
+def sha256_fileobj(f: BinaryIO) -> str:
+    """The hex sha256 of what is left to read in `f`, read 4 MB at a time (bounded memory, any file size)."""
+    digest = hashlib.sha256()
+    while chunk := f.read(4 << 20):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -15,7 +15,7 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from hubsets.builder import BuildError
 
@@ -102,16 +102,16 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def holding(parameter: str, what: str = "build") -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorator: hold the lock on the folder passed as `parameter` while the function runs."""
+def holding(parameter: str, what: str = "build", folder: Callable[[Any], Path] = Path
+            ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator: hold the lock on the folder passed as `parameter` (`folder(value)`) while the function runs."""
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(func)
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            folder = Path(signature.bind(*args, **kwargs).arguments[parameter])
-            with FolderLock(folder, what):
+            with FolderLock(folder(signature.bind(*args, **kwargs).arguments[parameter]), what):
                 return func(*args, **kwargs)
 
         return wrapper

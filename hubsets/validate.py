@@ -1,20 +1,23 @@
 """Check a built folder before it is published: card <-> files <-> parquet schema <-> counts <-> sha256.
 
-Every check appends a precise, one-line message; an empty list means the folder is consistent.
+Every check appends a precise, one-line message; an empty list means the folder is consistent. The folder
+may be local or an fsspec URL (`s3://bucket/prefix`): it is read through `hubsets.build.output`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
-from hubsets.layout import sha256_file
+from hubsets.build import output
+from hubsets.build.output import Output
 from hubsets.progress import Progress
 from hubsets.schema import ARROW_SCHEMA
 
@@ -23,37 +26,43 @@ MANIFEST = "hubsets.json"
 
 def read_card_yaml(readme: Path) -> dict[str, Any]:
     """The YAML front matter of a README.md; `ValueError` when it is missing or does not parse."""
-    text = readme.read_text(encoding="utf-8")
+    return card_yaml(readme.read_text(encoding="utf-8"), readme.name)
+
+
+def card_yaml(text: str, name: str = "README.md") -> dict[str, Any]:
+    """The YAML front matter of a card's text; `ValueError` when it is missing or does not parse."""
     if not text.startswith("---\n"):
-        raise ValueError(f"{readme.name} has no YAML front matter")
+        raise ValueError(f"{name} has no YAML front matter")
     end = text.find("\n---", 4)
     if end < 0:
-        raise ValueError(f"{readme.name}: YAML front matter is not closed with ---")
+        raise ValueError(f"{name}: YAML front matter is not closed with ---")
     data = yaml.safe_load(text[4:end])
     if not isinstance(data, dict):
-        raise ValueError(f"{readme.name}: YAML front matter is not a mapping")
+        raise ValueError(f"{name}: YAML front matter is not a mapping")
     return data
 
 
-def validate_folder(folder: Path, progress: Progress | None = None) -> list[str]:
-    """All inconsistencies found in `folder` (empty when it is ready to push). Hashing every file is most of
-    the time on a large folder: `progress` counts files and bytes checked and names the file in flight."""
+def validate_folder(folder: Output | Path | str, progress: Progress | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """All inconsistencies found in `folder` (empty when it is ready to push), a path or an fsspec URL
+    (`storage_options`: its filesystem's keyword arguments). Hashing every file is most of the time on a
+    large folder: `progress` counts files and bytes checked and names the file in flight."""
     errors: list[str] = []
-    manifest_path, readme = folder / MANIFEST, folder / "README.md"
     if progress is not None:
         progress.note(f"reading {MANIFEST} and the card")
-    if not folder.is_dir():
+    if not isinstance(folder, Output) and not output.is_url(folder) and not Path(os.fspath(folder)).is_dir():
         return [f"{folder} is not a folder"]
-    if not manifest_path.is_file():
+    folder = output.of(folder, storage_options)
+    if folder.size(MANIFEST) is None:
         return [f"{MANIFEST} is missing: {folder} is not a finished hubsets build (re-run hubsets build)"]
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(folder.read_text(MANIFEST))
     except json.JSONDecodeError as exc:
         return [f"{MANIFEST} is not valid JSON: {exc}"]
-    if not readme.is_file():
+    if folder.size("README.md") is None:
         return ["README.md (the dataset card) is missing"]
     try:
-        card = read_card_yaml(readme)
+        card = card_yaml(folder.read_text("README.md"))
     except (ValueError, yaml.YAMLError) as exc:
         return [f"README.md: {exc}"]
     errors += _check_files(folder, manifest, progress)
@@ -66,7 +75,7 @@ def validate_folder(folder: Path, progress: Progress | None = None) -> list[str]
     return errors
 
 
-def _check_files(folder: Path, manifest: dict[str, Any], progress: Progress | None = None) -> list[str]:
+def _check_files(folder: Output, manifest: dict[str, Any], progress: Progress | None = None) -> list[str]:
     errors = []
     files: dict[str, Any] = manifest.get("files", {})
     expected_schema = ARROW_SCHEMA
@@ -78,24 +87,22 @@ def _check_files(folder: Path, manifest: dict[str, Any], progress: Progress | No
         errors += _check_file(folder, rel, entry, expected_schema)
         if progress is not None:
             progress.update(1, bytes=entry["bytes"] if isinstance(entry.get("bytes"), int) else 0)
-    on_disk = {p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*.parquet")} \
-        if (folder / "data").is_dir() else set()
+    on_disk = {rel for rel in folder.files("data") if rel.endswith(".parquet")}
     for rel in sorted(on_disk - set(files)):
         errors.append(f"{rel}: parquet file not listed in {MANIFEST} (left over from another build?)")
     return errors
 
 
-def _check_file(folder: Path, rel: str, entry: dict[str, Any], expected_schema: pa.Schema) -> list[str]:
+def _check_file(folder: Output, rel: str, entry: dict[str, Any], expected_schema: pa.Schema) -> list[str]:
     """The problems of one listed file (empty when its size, footer, schema and sha256 match the manifest)."""
-    path = folder / rel
-    if not path.is_file():
+    size = folder.size(rel)
+    if size is None:
         return [f"{rel}: listed in {MANIFEST} but missing"]
-    size = path.stat().st_size
     if size != entry["bytes"]:
         return [f"{rel}: {size} bytes on disk, {entry['bytes']} in {MANIFEST} (truncated or edited)"]
     try:
-        footer = pq.read_metadata(path)
-        schema = pq.read_schema(path)
+        with folder.parquet(rel) as parquet:
+            footer, schema = parquet.metadata, parquet.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         return [f"{rel}: not a readable parquet file ({str(exc).splitlines()[0]})"]
     errors = []
@@ -105,12 +112,12 @@ def _check_file(folder: Path, rel: str, entry: dict[str, Any], expected_schema: 
         errors.append(f"{rel}: parquet schema differs from the unified schema")
     elif (schema.metadata or {}).get(b"huggingface") != (expected_schema.metadata or {}).get(b"huggingface"):
         errors.append(f"{rel}: parquet schema lacks the unified HF features metadata")
-    if sha256_file(path) != entry["sha256"]:
+    if folder.sha256(rel) != entry["sha256"]:
         errors.append(f"{rel}: sha256 differs from {MANIFEST} (file edited after the build)")
     return errors
 
 
-def _check_configs(folder: Path, manifest: dict[str, Any], card: dict[str, Any]) -> list[str]:
+def _check_configs(folder: Output, manifest: dict[str, Any], card: dict[str, Any]) -> list[str]:
     errors = []
     files: dict[str, Any] = manifest.get("files", {})
     card_configs = {c.get("config_name"): c for c in card.get("configs", []) if isinstance(c, dict)}
@@ -132,7 +139,7 @@ def _check_configs(folder: Path, manifest: dict[str, Any], card: dict[str, Any])
             split = entry.get("split")
             paths = entry.get("path")
             globs = [paths] if isinstance(paths, str) else list(paths or [])
-            matched = sorted({p.relative_to(folder).as_posix() for g in globs for p in folder.glob(g)})
+            matched = sorted({rel for g in globs for rel in folder.glob(g)})
             unknown = [m for m in matched if m not in files]
             if unknown:
                 errors.append(f"config {name!r} split {split!r}: matches files not in {MANIFEST}: {unknown[:3]}")
@@ -146,7 +153,7 @@ def _check_configs(folder: Path, manifest: dict[str, Any], card: dict[str, Any])
     return errors
 
 
-def _check_accounting(folder: Path, manifest: dict[str, Any]) -> list[str]:
+def _check_accounting(folder: Output, manifest: dict[str, Any]) -> list[str]:
     errors = []
     for origin, c in manifest.get("origins", {}).items():
         if c["read"] != c["written"] + c["rejected"]:
@@ -159,11 +166,11 @@ def _check_accounting(folder: Path, manifest: dict[str, Any]) -> list[str]:
             errors.append(f"origin {origin!r}: partitions hold {written[origin]} rows, {MANIFEST} says "
                           f"{c['written']} written")
     rejects = manifest.get("rejects", {})
-    path = folder / rejects.get("file", "rejects/rejects.jsonl")
-    if not path.is_file():
+    path = rejects.get("file", "rejects/rejects.jsonl")
+    if folder.size(path) is None:
         errors.append(f"{rejects.get('file')}: missing")
     else:
-        with open(path, encoding="utf-8") as f:
+        with folder.open(path, "r") as f:
             total = sum(json.loads(line)["rows"] for line in f if line.strip())
         if total != rejects.get("rows"):
             errors.append(f"{rejects.get('file')}: holds {total} rejected rows, {MANIFEST} says {rejects.get('rows')}")

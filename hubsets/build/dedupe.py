@@ -11,7 +11,6 @@ are functions of the task records alone, so the result does not depend on worker
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from hubsets.build import output
+from hubsets.build.output import Output
 from hubsets.build.shards import ShardWriter
 from hubsets.build.task import Records, digest, file_entry
 from hubsets.builder import Partition
@@ -35,7 +35,7 @@ def buckets_for(rows: int) -> int:
     return max(1, -(-rows // BUCKET_IDS))
 
 
-def bucket(out: Path, keys: list[str], index: int, count: int) -> dict[int, list[str]]:
+def bucket(out: Output | Path, keys: list[str], index: int, count: int) -> dict[int, list[str]]:
     """For bucket `index` of `count` (a range of the digests' high half), the ids to drop per task
     position in `keys`: every occurrence after the first in plan order, as hex digests."""
     records = Records(out)
@@ -64,9 +64,10 @@ def bucket(out: Path, keys: list[str], index: int, count: int) -> dict[int, list
     return dict(drops)
 
 
-def apply(out: Path, key: str, drop: list[str], writer_options: dict[str, Any]) -> None:
+def apply(out: Output | Path, key: str, drop: list[str], writer_options: dict[str, Any]) -> None:
     """Rewrite the partitions of task `key` that hold an id in `drop` (hex digests) without those rows,
     and record them as rejects. `drop` includes what an earlier run already dropped (`TaskStats.dropped`)."""
+    out = output.of(out)
     records = Records(out)
     stats = records.stats(key)
     wanted = {bytes.fromhex(h) for h in drop}
@@ -74,42 +75,42 @@ def apply(out: Path, key: str, drop: list[str], writer_options: dict[str, Any]) 
     by_partition: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for entry in stats.files:
         by_partition[json.dumps(entry["partition"], sort_keys=True)].append(entry)
-    work = records.path(key) / ".rewrite"
-    shutil.rmtree(work, ignore_errors=True)
-    kept, rejects = [], []
-    for entries in by_partition.values():
-        hits = [e for e in entries if _holds(out / e["path"], new)]
-        if not hits:
-            kept += entries
-            continue
-        writer = ShardWriter(work, task=stats.index, spill_dir=work / "spill", **writer_options)
-        for e in entries:
-            table = pq.read_table(out / e["path"], schema=ARROW_SCHEMA)
-            mask = np.array([digest(i) not in wanted for i in table.column("id").to_pylist()], dtype=bool)
-            for row in table.filter(pa.array(~mask)).select(["id", "origin", "meta"]).to_pylist():
-                rejects.append(_reject(row))
-            if mask.any():
-                writer.write(Partition(**e["partition"]), table.filter(pa.array(mask)))
-        written = writer.close()
-        produced = {f.path for f in written}
-        for f in written:
-            (out / f.path).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work / f.path, out / f.path)
-        for e in entries:
-            if e["path"] not in produced:
-                (out / e["path"]).unlink(missing_ok=True)
-        kept += [file_entry(f) for f in written]
-    shutil.rmtree(work, ignore_errors=True)
+    with out.scratch() as scratch:
+        work = records.path(key) / ".rewrite" if scratch is None else scratch / "rewrite"
+        shutil.rmtree(work, ignore_errors=True)
+        kept, rejects = [], []
+        for entries in by_partition.values():
+            hits = [e for e in entries if _holds(out, e["path"], new)]
+            if not hits:
+                kept += entries
+                continue
+            writer = ShardWriter(work, task=stats.index, spill_dir=work / "spill", **writer_options)
+            for e in entries:
+                table = out.read_table(e["path"], schema=ARROW_SCHEMA)
+                mask = np.array([digest(i) not in wanted for i in table.column("id").to_pylist()], dtype=bool)
+                for row in table.filter(pa.array(~mask)).select(["id", "origin", "meta"]).to_pylist():
+                    rejects.append(_reject(row))
+                if mask.any():
+                    writer.write(Partition(**e["partition"]), table.filter(pa.array(mask)))
+            written = writer.close()
+            produced = {f.path for f in written}
+            for f in written:
+                out.put_file(work / f.path, f.path)
+            for e in entries:
+                if e["path"] not in produced:
+                    out.remove(e["path"])
+            kept += [file_entry(f) for f in written]
+        shutil.rmtree(work, ignore_errors=True)
     stats.files = sorted(kept, key=lambda e: e["path"])
     stats.dropped = sorted(drop)
     stats.dropped_rejects += rejects
     records.update(key, stats)
 
 
-def _holds(path: Path, digests: set[bytes]) -> bool:
+def _holds(out: Output, rel: str, digests: set[bytes]) -> bool:
     if not digests:
         return False
-    ids = pq.read_table(path, columns=["id"]).column("id")
+    ids = out.read_table(rel, columns=["id"]).column("id")
     return any(digest(i) in digests for i in pc.unique(ids).to_pylist())
 
 

@@ -17,19 +17,19 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import hubsets
 from hubsets import card, layout, lock, progress, registry, sources
-from hubsets.build import dedupe
+from hubsets.build import dedupe, output
+from hubsets.build.output import Output
 from hubsets.build.shards import WrittenFile, describe
 from hubsets.build.task import Records, TaskStats, run_task, task_key
 from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reject, Task, hook
@@ -41,12 +41,16 @@ KEPT = (layout.CACHE, layout.WORK, layout.LOCK)
 RUNNERS = ("local", "ray")
 
 
-@lock.holding("out")  # one build per --out: a second one stops at once, naming the holder's pid
-def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: str = "local",
+@lock.holding("out", folder=lambda out: output.of(out).local)  # one build per --out: a second one stops at
+def build(name: str, options: Options, out: Output | Path | str, *, workers: int = 1, runner: str = "local",
           ray_address: str | None = None, allow_bad_files: bool = False, progress: bool | None = None,
           writer_options: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,
-          discard_staging: bool = False) -> dict[str, Any]:
+          discard_staging: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build dataset `name` from `options.source` into `out`; returns the manifest.
+
+    `out` is a folder, or any fsspec URL (`s3://bucket/prefix`, `storage_options` its filesystem's keyword
+    arguments; see `hubsets.build.output`): tasks then upload their shards and records there, and builders'
+    caches and the lock (which then guards only builds from this machine) are kept in a local folder.
 
     Task records (`<out>/.hubsets-build/`: counters, rejects and 16 bytes per row, no images) are kept so
     that a rebuild resumes; with `discard_staging` they are deleted once the build has succeeded.
@@ -57,6 +61,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     rows read before each break, is still written, and the manifest records those files).
     """
     say = log or (lambda message: print(message, file=sys.stderr))
+    out = output.of(out, storage_options)
     builder = registry.get(name)
     if runner not in RUNNERS:
         raise BuildError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
@@ -64,7 +69,7 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
         raise BuildError(f"source folder {options.source} does not exist")
     _check_out(out)
     if options.out is None:
-        options = dataclasses.replace(options, out=out)
+        options = dataclasses.replace(options, out=out.local)
     tasks = builder.plan(options)
     if not tasks:
         raise BuildError(f"no input files found under {options.source} for {name}")
@@ -78,8 +83,8 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     extra: Counter[str] = Counter()
     extra.update(hook(builder, "plan_stats")(options, tasks))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)  # first: a folder being rebuilt must not look finished
+        out.local.mkdir(parents=True, exist_ok=True)
+        out.remove(MANIFEST)  # first: a folder being rebuilt must not look finished
         invalidated = records.prune(set(keys))
         invalidated += _check_records(out, records, keys)
         _renumber(out, records, keys)
@@ -109,16 +114,16 @@ def build(name: str, options: Options, out: Path, *, workers: int = 1, runner: s
     manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
                          {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
     _check_accounting(manifest)
-    (out / layout.CARD).write_text(card.render(builder, manifest), encoding="utf-8")
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    out.write_text(layout.CARD, card.render(builder, manifest))
+    out.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if bad_files and not allow_bad_files:
         first = bad_files[0]
-        more = f" (and {len(bad_files) - 1} more file(s), listed in {out / MANIFEST})" if len(bad_files) > 1 else ""
+        more = f" (and {len(bad_files) - 1} more file(s), listed in {out}/{MANIFEST})" if len(bad_files) > 1 else ""
         raise BuildError(f"input file {sources.unreadable(first)}{more}. The rows before the break were built "
                          f"into {out}; fix or re-download the file and run the same command again, or pass "
                          "--allow-bad-files to publish without the rest")
     if discard_staging:
-        shutil.rmtree(out / layout.WORK, ignore_errors=True)
+        out.remove_tree(layout.WORK)
     return manifest
 
 
@@ -130,10 +135,10 @@ def _check_inputs(source: Path, tasks: list[Task]) -> None:
             raise BuildError(problem)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Output) -> None:
     """Refuse an output folder that is not empty and not a hubsets build (a killed build counts as one)."""
-    if (out.exists() and any(c.name not in KEPT for c in out.iterdir())
-            and not any((out / marker).exists() for marker in (MANIFEST, layout.DATA, "rejects"))):
+    if (any(name not in KEPT for name in out.children())
+            and not any(out.exists(marker) for marker in (MANIFEST, layout.DATA, "rejects"))):
         raise BuildError(f"output folder {out} is not empty and is not a hubsets build; choose another --out")
 
 
@@ -157,30 +162,30 @@ def _check_visible(records: Records, keys: list[str], patience: float = 10.0) ->
     for key in keys:
         while not records.done(key):
             if time.monotonic() > deadline:
-                raise BuildError(f"a finished task's record is not visible at {records.path(key)}: --runner ray "
+                raise BuildError(f"a finished task's record is not visible at {records.where(key)}: --runner ray "
                                  "needs --out on a filesystem that every node mounts at the same path")
             time.sleep(0.2)
 
 
-def _check_records(out: Path, records: Records, keys: list[str]) -> list[str]:
-    """Drop finished records whose shards are not on disk as recorded (deleted, or a rewrite that a kill
-    interrupted): their tasks run again. Costs a `stat` per file."""
+def _check_records(out: Output, records: Records, keys: list[str]) -> list[str]:
+    """Drop finished records whose shards are not there as recorded (deleted, or a rewrite that a kill
+    interrupted): their tasks run again. Costs one listing of the shards."""
     bad = []
+    present = out.files(layout.DATA)
     for key in keys:
         if records.done(key):
             for entry in records.stats(key).files:
-                path = out / entry["path"]
-                if not path.is_file() or path.stat().st_size != entry["bytes"]:
-                    shutil.rmtree(records.path(key), ignore_errors=True)
+                if present.get(entry["path"]) != entry["bytes"]:
+                    records.remove(key)
                     bad.append(key)
                     break
     return bad
 
 
-def _renumber(out: Path, records: Records, keys: list[str]) -> None:
+def _renumber(out: Output, records: Records, keys: list[str]) -> None:
     """Rename the shards of finished tasks whose place in the plan changed (an input file was added or
     removed before them), so names keep following the plan; in two steps, as new names may be old ones."""
-    moves: list[tuple[str, TaskStats, list[tuple[Path, Path]]]] = []
+    moves: list[tuple[str, TaskStats, list[tuple[PurePosixPath, PurePosixPath]]]] = []
     for index, key in enumerate(keys):
         if not records.done(key):
             continue
@@ -189,7 +194,7 @@ def _renumber(out: Path, records: Records, keys: list[str]) -> None:
             continue
         pairs = []
         for entry in stats.files:
-            old = Path(entry["path"])
+            old = PurePosixPath(entry["path"])
             split, _, n = old.stem.rsplit("-", 2)
             new = old.with_name(layout.shard_name(split, index, int(n)))
             pairs.append((old, new))
@@ -198,31 +203,26 @@ def _renumber(out: Path, records: Records, keys: list[str]) -> None:
         moves.append((key, stats, pairs))
     for key, _, pairs in moves:
         for old, _new in pairs:
-            os.replace(out / old, out / old.with_name(f".{old.name}.{key}.moving"))
+            out.move(old.as_posix(), old.with_name(f".{old.name}.{key}.moving").as_posix())
     for key, stats, pairs in moves:
         for old, new in pairs:
-            os.replace(out / old.with_name(f".{old.name}.{key}.moving"), out / new)
+            out.move(old.with_name(f".{old.name}.{key}.moving").as_posix(), new.as_posix())
         records.update(key, stats)
 
 
-def _sweep(out: Path, records: Records, keys: list[str]) -> None:
+def _sweep(out: Output, records: Records, keys: list[str]) -> None:
     """Remove what no finished task claims: shards of tasks killed midway or no longer planned, temp files,
     the previous rejects and card (written again at the end)."""
     claimed = {entry["path"] for key in keys if records.done(key) for entry in records.stats(key).files}
-    data = out / layout.DATA
-    if data.is_dir():
-        for path in sorted(data.rglob("*"), reverse=True):
-            rel = path.relative_to(out).as_posix()
-            if path.is_dir():
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif rel not in claimed:
-                path.unlink()
-    shutil.rmtree(out / "rejects", ignore_errors=True)
-    (out / layout.CARD).unlink(missing_ok=True)
+    for rel in sorted(out.files(layout.DATA)):
+        if rel not in claimed:
+            out.remove(rel)
+    out.remove_empty_folders(layout.DATA)
+    out.remove_tree("rejects")
+    out.remove(layout.CARD)
 
 
-def _dedupe(pool: _Pool, out: Path, records: Records, name: str, tasks: list[Task], keys: list[str],
+def _dedupe(pool: _Pool, out: Output, records: Records, name: str, tasks: list[Task], keys: list[str],
             options: Options, shard_options: dict[str, Any]) -> None:
     """Drop ids that an earlier task (in plan order) already wrote: find them bucket by bucket from the
     recorded digests, then rewrite the affected tasks' partitions. A task that dropped ids no longer
@@ -242,7 +242,7 @@ def _dedupe(pool: _Pool, out: Path, records: Records, name: str, tasks: list[Tas
         if want == have:
             continue
         if not set(have) <= set(want):
-            shutil.rmtree(records.path(key), ignore_errors=True)
+            records.remove(key)
             redo.append((name, tasks[position], position, options, out, key, shard_options))
         if want:
             apply.append((out, key, want, shard_options))
@@ -250,16 +250,14 @@ def _dedupe(pool: _Pool, out: Path, records: Records, name: str, tasks: list[Tas
     pool.run(dedupe.apply, apply, [f"dropping duplicate ids from {len(call[2])} rows" for call in apply])
 
 
-def _collect(out: Path, records: Records, keys: list[str], stats: list[TaskStats], builder: Builder,
+def _collect(out: Output, records: Records, keys: list[str], stats: list[TaskStats], builder: Builder,
              extra: Counter[str]) -> tuple[Counter[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """Counters of all tasks, and `rejects/rejects.jsonl` written from their records, in plan order."""
     read: Counter[str] = Counter()
     rejects: list[dict[str, Any]] = []  # small: reasons and origins only are kept for the manifest
     bad_files: list[dict[str, Any]] = []
     reject_stats = hook(builder, "reject_stats")
-    path = out / REJECTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as sink:
+    with out.writing(REJECTS) as sink:
         for key, s in zip(keys, stats, strict=True):
             read.update(s.read)
             extra.update(s.extra)

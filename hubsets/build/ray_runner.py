@@ -4,7 +4,8 @@ Every call of the build (its tasks, the dedupe buckets, the rewrites) runs as a 
 reads its input slice and writes its shards and record under `--out` itself, so only its small stats travel
 back and no image byte reaches the driver; the output is byte-identical to the local runner's. Hence
 `--source` and `--out` must be on a filesystem that every Ray node sees at the same path: one machine, or a
-shared filesystem (NFS, Lustre, CephFS, ...) mounted identically on every node. Both are checked: a worker
+shared filesystem (NFS, Lustre, CephFS, ...) mounted identically on every node; `--out` may instead be an
+object store URL (`s3://...`, `hubsets.build.output`) that every node reaches. Both are checked: a worker
 that cannot see them, or a finished task whose record the driver cannot see, fails the build with a message
 saying so. hubsets (with its builders) must be installed on every node.
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hubsets.build.output import LocalOutput
 from hubsets.builder import BuildError, Options
 
 IN_FLIGHT_PER_CPU = 2
@@ -103,8 +105,9 @@ def _remote_call(fn: Callable[..., Any], call: tuple[Any, ...]) -> Any:
         if isinstance(value, Options) and not value.source.is_dir():
             raise BuildError(f"source folder {value.source} is not visible on Ray node {host}: --runner ray "
                              "needs --source on a filesystem that every node mounts at the same path")
-        if isinstance(value, Path) and not value.is_dir():
-            raise BuildError(f"output folder {value} is not visible on Ray node {host}: --runner ray needs "
+        folder = value.root if isinstance(value, LocalOutput) else value
+        if isinstance(folder, Path) and not folder.is_dir():
+            raise BuildError(f"output folder {folder} is not visible on Ray node {host}: --runner ray needs "
                              "--out on a filesystem that every node mounts at the same path")
     return fn(*call)
 

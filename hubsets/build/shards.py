@@ -165,16 +165,20 @@ class ShardWriter:
     writer holds the buffers, the group being assembled or written, and parquet's own copy of that group's
     image dictionary: about four row groups whatever the size of the dataset. A larger budget spills less, for
     more memory; the files are the same either way.
+
+    `publish`, when given, is called on the writer thread with each finished file (e.g. to upload it to a
+    remote output and delete it here), so the files a task writes are not all on local disk at once.
     """
 
     _MAX_PENDING = 1
 
     def __init__(self, out: Path, *, task: int = 0, spill_dir: Path | None = None,
                  row_group_bytes: int = 64 * MB, row_group_rows: int = 100_000, max_file_bytes: int = 500 * MB,
-                 buffer_bytes: int | None = None) -> None:
+                 buffer_bytes: int | None = None, publish: Callable[[WrittenFile], None] | None = None) -> None:
         if row_group_bytes > VIEWER_ROW_GROUP_LIMIT:
             raise ValueError(f"row_group_bytes {row_group_bytes} exceeds the viewer's 300 MB limit")
         self.out = out
+        self._publish = publish
         self.schema = ARROW_SCHEMA
         self.row_group_bytes = row_group_bytes
         self.row_group_rows = row_group_rows
@@ -339,11 +343,14 @@ class ShardWriter:
         final = self._final_path(state)
         os.replace(state.tmp_path, final)
         footer = pq.read_metadata(final)  # the footer, not our counters, so accounting checks what was written
-        self.files.append(WrittenFile(
+        written = WrittenFile(
             path=final.relative_to(self.out).as_posix(), partition=state.partition, rows=footer.num_rows,
             bytes=final.stat().st_size, sha256=sha256_file(final), row_groups=footer.num_row_groups,
             uncompressed=sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups)),
-        ))
+        )
+        if self._publish is not None:
+            self._publish(written)
+        self.files.append(written)
         state.writer = None
         state.tmp_path = None
         state.file_index += 1

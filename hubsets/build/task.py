@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -37,6 +38,8 @@ import numpy as np
 import pyarrow as pa
 
 from hubsets import images, layout, pylist, registry, schema, sources
+from hubsets.build import output
+from hubsets.build.output import LocalOutput, Output
 from hubsets.build.shards import ENCODED_SCHEMA, ShardWriter, WrittenFile, encoded_images, release_unused
 from hubsets.builder import READS, Builder, Options, Partition, Reject, Row, Task, hook
 from hubsets.filters import signature
@@ -123,52 +126,76 @@ def task_key(builder: Builder, task: Task, options: Options, writer_options: dic
 
 
 class Records:
-    """The task records of one build output (`<out>/.hubsets-build/tasks/<key>/`)."""
+    """The task records of one build output (`<out>/.hubsets-build/tasks/<key>/`), local or remote."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.root = out / TASKS
+    def __init__(self, out: Output | Path | str) -> None:
+        self.out = output.of(out)
+
+    @property
+    def root(self) -> Path:
+        """The records' folder, for a local output."""
+        assert isinstance(self.out, LocalOutput), "a remote output's records have no local path"
+        return self.out.root / TASKS
 
     def path(self, key: str) -> Path:
+        """A record's folder, for a local output."""
         return self.root / key
 
+    def where(self, key: str) -> str:
+        """The record's folder, for messages."""
+        return f"{self.out.url}/{TASKS}/{key}"
+
     def done(self, key: str) -> bool:
-        return (self.path(key) / STATS).is_file()
+        return self.out.size(f"{TASKS}/{key}/{STATS}") is not None
 
     def keys(self) -> list[str]:
         """Keys of the finished records."""
-        if not self.root.is_dir():
-            return []
-        return sorted(c.name for c in self.root.iterdir() if ".tmp-" not in c.name and self.done(c.name))
+        return [name for name in self.out.children(TASKS) if ".tmp-" not in name and self.done(name)]
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove records no task needs any more (changed inputs/options) and unfinished temp folders;
         their shards become unclaimed and the driver removes them."""
         removed = []
-        if self.root.is_dir():
-            for child in sorted(self.root.iterdir()):
-                if child.name not in keep:
-                    shutil.rmtree(child, ignore_errors=True)
-                    if ".tmp-" not in child.name:
-                        removed.append(child.name)
+        for name in self.out.children(TASKS):
+            if name not in keep:
+                self.out.remove_tree(f"{TASKS}/{name}")
+                if ".tmp-" not in name:
+                    removed.append(name)
         return removed
 
+    def remove(self, key: str) -> None:
+        self.out.remove_tree(f"{TASKS}/{key}")
+
+    def publish(self, key: str, folder: Path) -> None:
+        """Make the finished record in the local `folder` (stats, rejects, ids) the record of `key`. Locally
+        one rename; remotely an upload per file, `stats.json` last (an object appears whole)."""
+        if isinstance(self.out, LocalOutput):
+            final = self.path(key)
+            if final.exists():  # left by a run whose driver was killed before it recorded the result
+                shutil.rmtree(final)
+            os.replace(folder, final)
+            return
+        self.out.remove(f"{TASKS}/{key}/{STATS}")  # no longer finished while its files are replaced
+        for name in (REJECTS, IDS, STATS):
+            self.out.put_file(folder / name, f"{TASKS}/{key}/{name}")
+
     def stats(self, key: str) -> TaskStats:
-        return TaskStats.from_json(json.loads((self.path(key) / STATS).read_text(encoding="utf-8")))
+        return TaskStats.from_json(json.loads(self.out.read_text(f"{TASKS}/{key}/{STATS}")))
 
     def update(self, key: str, stats: TaskStats) -> None:
         """Replace a finished record's stats atomically (after a rename or a dedupe rewrite)."""
-        tmp = self.path(key) / f".{STATS}.tmp"
-        tmp.write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path(key) / STATS)
+        self.out.write_text(f"{TASKS}/{key}/{STATS}", json.dumps(stats.to_json(), sort_keys=True), atomic=True)
 
     def rejects(self, key: str) -> Iterator[str]:
-        with open(self.path(key) / REJECTS, encoding="utf-8") as f:
+        with self.out.open(f"{TASKS}/{key}/{REJECTS}", "r") as f:
             yield from f
 
     def ids(self, key: str) -> np.ndarray:
-        """The `[n, 2]` uint64 digests of the ids the task wrote, sorted by the high half (memory-mapped)."""
-        return np.load(self.path(key) / IDS, mmap_mode="r", allow_pickle=False)
+        """The `[n, 2]` uint64 digests of the ids the task wrote, sorted by the high half (memory-mapped when
+        local; 16 bytes per row in memory when remote)."""
+        if isinstance(self.out, LocalOutput):
+            return np.load(self.path(key) / IDS, mmap_mode="r", allow_pickle=False)
+        return np.load(io.BytesIO(self.out.read_bytes(f"{TASKS}/{key}/{IDS}")), allow_pickle=False)
 
 
 class _ImageChecker:
@@ -220,36 +247,44 @@ def _accept(builder: Builder, item: Row, check: _ImageChecker) -> tuple[Partitio
     return Partition(item.split, origin, signature(builder.FILTERS, record)), record
 
 
-def run_task(name: str, task: Task, index: int, options: Options, out: Path, key: str,
+def run_task(name: str, task: Task, index: int, options: Options, out: Output | Path, key: str,
              writer_options: dict[str, Any] | None = None) -> TaskStats:
     """Process `task` (number `index` of the plan) into its shards under `out` and publish its record.
     Runs in a worker process or a Ray task; only the small stats come back. `writer_options`: the
-    `ShardWriter` sizes (row groups, files, memory)."""
+    `ShardWriter` sizes (row groups, files, memory). A remote `out` gets each shard uploaded as soon as it
+    is finished, from a local scratch folder that holds at most the files being written."""
     builder = registry.get(name)
+    out = output.of(out)
     records = Records(out)
-    folder = records.path(key)
-    tmp = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    writer = ShardWriter(out, task=index, spill_dir=tmp / "spill", **(writer_options or {}))
-    try:
-        stats = _run(builder, task, options, tmp, writer)
-        stats.index = index
-        stats.files = [file_entry(f) for f in writer.close()]
-        stats.extra["image_bytes_stored"] += writer.image_bytes
-        release_unused()
-        (tmp / STATS).write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
-        if folder.exists():  # left by a run whose driver was killed before it recorded the result
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as exc:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(exc.errno, f"task {task.file} (part {task.part + 1}/{task.parts}) writing into {out}: "
-                                 f"{exc.strerror or exc}") from exc
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with out.scratch() as scratch:
+        if scratch is None:  # local: made next to its final place, renamed when complete
+            root, publish = out.local, None
+            tmp = records.path(key).with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
+        else:
+            root = scratch / "shards"
+            tmp = scratch / "record"
+
+            def publish(written: WrittenFile) -> None:
+                out.put_file(root / written.path, written.path)
+        tmp.mkdir(parents=True)
+        writer = ShardWriter(root, task=index, spill_dir=tmp / "spill", publish=publish, **(writer_options or {}))
+        try:
+            stats = _run(builder, task, options, tmp, writer)
+            stats.index = index
+            stats.files = [file_entry(f) for f in writer.close()]
+            stats.extra["image_bytes_stored"] += writer.image_bytes
+            release_unused()
+            (tmp / STATS).write_text(json.dumps(stats.to_json(), sort_keys=True), encoding="utf-8")
+            records.publish(key, tmp)
+        except OSError as exc:
+            writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(exc.errno, f"task {task.file} (part {task.part + 1}/{task.parts}) writing into {out}: "
+                                     f"{exc.strerror or exc}") from exc
+        except BaseException:
+            writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return stats
 
 
