@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 CARD = "README.md"
 MANIFEST = "hubsets.json"
@@ -56,7 +56,7 @@ def sha256_file(path: Path) -> str:
         return sha256_fileobj(f)
 
 
-def sha256_fileobj(f: BinaryIO) -> str:
+def sha256_fileobj(f: IO[bytes]) -> str:
     """The hex sha256 of what is left to read in `f`, read 4 MB at a time (bounded memory, any file size)."""
     digest = hashlib.sha256()
     while chunk := f.read(4 << 20):

@@ -81,21 +81,24 @@ def _check_files(folder: Output, manifest: dict[str, Any], progress: Progress | 
     expected_schema = ARROW_SCHEMA
     if progress is not None:
         progress.add_total(len(files))
+    sizes = folder.files("data")  # one listing (not a stat or a request per file)
     for rel, entry in sorted(files.items()):
         if progress is not None:
             progress.doing(rel)
-        errors += _check_file(folder, rel, entry, expected_schema)
+        size = sizes[rel] if rel in sizes else folder.size(rel)
+        errors += _check_file(folder, rel, size, entry, expected_schema)
         if progress is not None:
             progress.update(1, bytes=entry["bytes"] if isinstance(entry.get("bytes"), int) else 0)
-    on_disk = {rel for rel in folder.files("data") if rel.endswith(".parquet")}
+    on_disk = {rel for rel in sizes if rel.endswith(".parquet")}
     for rel in sorted(on_disk - set(files)):
         errors.append(f"{rel}: parquet file not listed in {MANIFEST} (left over from another build?)")
     return errors
 
 
-def _check_file(folder: Output, rel: str, entry: dict[str, Any], expected_schema: pa.Schema) -> list[str]:
-    """The problems of one listed file (empty when its size, footer, schema and sha256 match the manifest)."""
-    size = folder.size(rel)
+def _check_file(folder: Output, rel: str, size: int | None, entry: dict[str, Any], expected_schema: pa.Schema
+                ) -> list[str]:
+    """The problems of one listed file of `size` bytes (empty when its size, footer, schema and sha256 match
+    the manifest)."""
     if size is None:
         return [f"{rel}: listed in {MANIFEST} but missing"]
     if size != entry["bytes"]:

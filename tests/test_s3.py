@@ -202,6 +202,15 @@ def test_storage_options_are_refused_for_a_local_folder_and_must_be_json(source,
     assert "--storage-options applies to an fsspec URL" in err and "\n" not in err
 
 
+def test_an_unreachable_endpoint_is_one_line_naming_what_to_check(built, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    dead = json.dumps({"endpoint_url": "http://127.0.0.1:1"})
+    assert cli.main(["validate", built, "--quiet", "--storage-options", dead]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hubsets: error: {built}: EndpointConnectionError") and "\n" not in err
+    assert "AWS_ENDPOINT_URL" in err and "bug in hubsets" not in err
+
+
 def test_local_shard_digests_are_what_the_manifest_says(local, tmp_path):
     """The local reference itself is sound (a comparison with a broken reference would prove nothing)."""
     manifest = json.loads(local["hubsets.json"])

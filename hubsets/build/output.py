@@ -20,6 +20,8 @@ the lock then guards only builds started on this machine.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -239,6 +241,33 @@ class LocalOutput(Output):
         return pq.read_table(self.root / rel, **kwargs)
 
 
+_WRAPPED = ("exists", "size", "files", "children", "glob", "read_bytes", "write_text", "put_file", "remove",
+            "remove_tree", "move", "open", "parquet", "read_table")
+
+
+def _one_line_failures(cls: type[RemoteOutput]) -> type[RemoteOutput]:
+    """A remote filesystem's own exceptions (no endpoint, no credentials: botocore's, not `OSError`s) become
+    an `OSError` of one line naming the URL and what to check, as local I/O errors already are."""
+    def wrap(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(self: RemoteOutput, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (OSError, BuildError, pa.ArrowException):
+                raise
+            except Exception as exc:
+                text = " ".join(str(exc).split())[:300]
+                raise OSError(errno.EIO, f"{self.url}: {type(exc).__name__}: {text} (check the endpoint and "
+                                         "credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, --storage-options)"
+                              ) from exc
+        return call
+
+    for name in _WRAPPED:
+        setattr(cls, name, wrap(getattr(cls, name)))
+    return cls
+
+
+@_one_line_failures
 class RemoteOutput(Output):
     """A prefix of an fsspec filesystem (`s3://bucket/prefix`, `gs://...`, ...). Pickles by URL and options,
     so worker processes and Ray tasks open their own connection."""
@@ -310,8 +339,8 @@ class RemoteOutput(Output):
         return sorted({n.rstrip("/").rsplit("/", 1)[-1] for n in names} - {""})
 
     def glob(self, pattern: str) -> list[str]:
-        fs = self._fresh()
-        return sorted(self._rel(p) for p in fs.glob(self._path(pattern)) if fs.isfile(p))
+        found = self._fresh().glob(self._path(pattern), detail=True)
+        return sorted(self._rel(p) for p, info in found.items() if info.get("type") == "file")
 
     def read_bytes(self, rel: str) -> bytes:
         return bytes(self.fs.cat_file(self._path(rel)))
@@ -336,8 +365,8 @@ class RemoteOutput(Output):
 
     def open(self, rel: str, mode: str = "rb") -> IO[Any]:
         if "b" in mode:
-            return self.fs.open(self._path(rel), mode)  # type: ignore[no-any-return]
-        return self.fs.open(self._path(rel), mode, encoding="utf-8")  # type: ignore[no-any-return]
+            return self.fs.open(self._path(rel), mode)
+        return self.fs.open(self._path(rel), mode, encoding="utf-8")
 
     @contextlib.contextmanager
     def writing(self, rel: str) -> Iterator[IO[str]]:
