@@ -33,7 +33,7 @@ def test_row_groups_and_files_roll_over(tmp_path):
     for i in range(100):
         w.write(part, rec(i))
     files = w.close()
-    assert [f.path for f in files] == [f"data/laion/ir_cap/train-{n:05d}.parquet" for n in range(len(files))]
+    assert [f.path for f in files] == [f"data/laion/ir_cap/train-00000-{n:03d}.parquet" for n in range(len(files))]
     assert len(files) > 1 and sum(f.rows for f in files) == 100
     for f in files:
         md = pq.read_metadata(tmp_path / f.path)
@@ -83,7 +83,7 @@ def test_interleaved_partitions_get_full_row_groups_whatever_the_memory_budget(t
         footer = pq.read_metadata(tmp_path / "spilled" / f.path)
         sizes = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
         assert sizes == [10, 10, 10]  # 30 rows of ~10 KB per partition: row groups of 100 KB, none cut short
-    ids = pq.read_table(tmp_path / "spilled" / "data/laion/ir/train-00000.parquet", columns=["id"]).column("id")
+    ids = pq.read_table(tmp_path / "spilled" / "data/laion/ir/train-00000-000.parquet", columns=["id"]).column("id")
     assert ids.to_pylist() == [f"skvqa/laion/{i}/0" for i in range(0, 120, 4)]
 
 
