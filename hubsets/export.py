@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, Image, List, Value
 
-from hubsets import images, sources
+from hubsets import images, layout, sources
 from hubsets.llava import join_image_tokens, messages_to_conversations, strip_image_tokens
 
 FORMATS = ("llava", "cauldron")
@@ -62,9 +62,9 @@ class ExportResult:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "hubsets.json"
+    path = folder / layout.MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a hubsets build (no hubsets.json); run `hubsets build` first")
+        raise FileNotFoundError(f"{folder} is not a hubsets build (no {layout.MANIFEST}); run `hubsets build` first")
     manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return manifest
 

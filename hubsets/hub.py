@@ -55,7 +55,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub.utils.sha import git_hash
 
-from hubsets import card, progress
+from hubsets import card, layout, progress
 from hubsets.build import output
 from hubsets.build.output import LocalOutput, Output
 from hubsets.layout import published, sha256_file, sha256_fileobj
@@ -64,7 +64,7 @@ from hubsets.validate import validate_folder
 
 log = logging.getLogger(__name__)
 REPO_TYPE = "dataset"
-OWNED_PREFIXES = ("data/", "rejects/")
+OWNED_PREFIXES = layout.OWNED_PREFIXES
 """Remote files under these prefixes belong to hubsets builds: stale ones are deleted on push."""
 HUB_HOSTS = ("huggingface.co", "hf.co")
 BACKOFF_S = 1.0
@@ -144,11 +144,11 @@ def _local_files(folder: Output | Path) -> dict[str, _LocalFile]:
     if isinstance(folder, Path | LocalOutput):
         root = folder if isinstance(folder, Path) else folder.root
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if published(d))
             for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
                 path = Path(dirpath) / name
+                if not published(path.relative_to(root).as_posix()):
+                    continue
                 files[path.relative_to(root).as_posix()] = _LocalFile(path, path.stat().st_size, sha256_file(path))
         return files
     for rel, size in sorted(folder.files("").items()):

@@ -16,12 +16,13 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
+from hubsets import layout
 from hubsets.build import output
 from hubsets.build.output import Output
 from hubsets.progress import Progress
 from hubsets.schema import ARROW_SCHEMA
 
-MANIFEST = "hubsets.json"
+MANIFEST = layout.MANIFEST
 
 
 def read_card_yaml(readme: Path) -> dict[str, Any]:

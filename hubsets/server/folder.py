@@ -14,6 +14,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hubsets import layout
 from hubsets.server.errors import entry_not_found
 from hubsets.server.objects import Commit, Entry, upload_mode
 from hubsets.server.repo import ReadableRepo, Refs, RepoMeta
@@ -55,13 +56,13 @@ class FolderRepo(ReadableRepo):
     def _scan(self) -> tuple[Stat, ...]:
         found: list[Stat] = []
         for dirpath, dirnames, filenames in os.walk(self.directory):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = [d for d in dirnames if layout.published(d)]
             for filename in filenames:
                 path = os.path.join(dirpath, filename)
-                if filename.startswith(".") or os.path.islink(path):
+                rel = os.path.relpath(path, self.directory).replace(os.sep, "/")
+                if not layout.published(rel) or os.path.islink(path):
                     continue
                 stat = os.stat(path)
-                rel = os.path.relpath(path, self.directory).replace(os.sep, "/")
                 found.append((rel, stat.st_size, stat.st_mtime_ns))
         return tuple(sorted(found))
 
