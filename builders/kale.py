@@ -7,12 +7,13 @@ alone is a build: its config is built, the other one is left out of the card (it
 says why. Each file's schema is read from its footer: `url` and `caption` must be string columns, every other
 column is kept in `meta.upstream`; a file that does not fit is a file-level reject naming the columns it has.
 
-Core and full are stored once. Before reading, `plan` hashes every row's key (sha256 of
-`url + "\\0" + caption`) into hash-partitioned bucket files on disk and compares the sets bucket by
-bucket (bounded memory), leaving one status byte per input row in a cached index: whether the key is
-in the other set and whether it repeats an earlier row of its own set. Origins then are `core` (core
-rows whose key is also in full), `core_only` (core rows missing from full; empty when core is a subset
-of full) and `full_only` (full rows not in core); config `core` = `core` + `core_only`, config `full`
+Core and full are stored once. Before reading, the build keys every row (sha256 of `url + "\\0" + caption`)
+and compares the sets in `hubsets.build.index` (hash buckets on disk, bounded memory; its passes run on the
+build's workers or Ray through `prepare`, or in `plan` when it runs alone), leaving one status byte per input
+row in a cached index: whether the key is in the other set and whether it repeats an earlier row of its own
+set. This module only says which columns form the key and which set a file belongs to. Origins then are
+`core` (core rows whose key is also in full), `core_only` (core rows missing from full; empty when core is
+a subset of full) and `full_only` (full rows not in core); config `core` = `core` + `core_only`, config `full`
 (default) = `core` + `full_only`. Full-set copies of core rows are not read again; repeated keys within
 a set are `duplicate_id` rejects. With one set given nothing is compared: its rows are `core_only` (core
 alone) or `full_only` (full alone).
@@ -33,11 +34,9 @@ task's images in memory): one task per row group for ordinary shards, so large s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import math
-import os
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,7 +50,8 @@ import pyarrow.parquet as pq
 
 from hubsets import captions, fetch, release, sources
 from hubsets import settings as setting_keys
-from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, Survey, Task
+from hubsets.build import index
+from hubsets.builder import BuildError, Config, Item, Options, Prepare, Reject, Row, Survey, Task
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
@@ -100,13 +100,11 @@ SET_ORIGIN = {"core": "core", "full": "full_only"}
 FIELDS = ("url", "caption")
 STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
-# Per-row status bytes in the index.
-IN_OTHER = 1
-"""The key also occurs in the other set."""
-DUPLICATE = 2
-"""The key occurred earlier in the same set (bit flag, combined with IN_OTHER)."""
+# Per-row status bytes in the index (`hubsets.build.index`): IN_OTHER, the key also occurs in the other set;
+# DUPLICATE, it occurred earlier in the same set (bit flags).
+IN_OTHER = index.IN_OTHER
+DUPLICATE = index.DUPLICATE
 INDEX_FORMAT = 1
-_ENTRY = np.dtype([("key", "S16"), ("file", "<u4"), ("row", "<u8")])
 
 SETTINGS = (
     *setting_keys.FETCH,
@@ -200,11 +198,11 @@ def _inspect(source: Path, rel: str, set_name: str, fields: Mapping[str, str]) -
     found = ", ".join(f"{f.name}: {f.type}" for f in schema)
     problems = []
     for column in fields.values():
-        index = schema.get_field_index(column)
-        if index < 0:
+        position = schema.get_field_index(column)
+        if position < 0:
             problems.append(f"no column {column!r}")
-        elif not any(schema.field(index).type.equals(t) for t in STRING_TYPES):
-            problems.append(f"column {column!r} is {schema.field(index).type}, not string")
+        elif not any(schema.field(position).type.equals(t) for t in STRING_TYPES):
+            problems.append(f"column {column!r} is {schema.field(position).type}, not string")
     if problems:
         detail = (f"{'; '.join(problems)} (KALE shards need string columns "
                   f"{', '.join(repr(c) for c in fields.values())}); columns found: {found}")
@@ -258,13 +256,11 @@ def _from_release(source: Path, snap: release.Snapshot) -> tuple[list[tuple[str,
 
 def plan(options: Options) -> list[Task]:
     """Check every shard's footer, build (or reuse) the core/full index, then one task per row-group slice."""
-    s = settings(options.settings, options.max_pixels, options.out)
-    fields = _fields(options)
-    files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)[0]]
+    files, s, spec = _planned(options)
     good = [f for f in files if f.error is None]
-    index = _ensure_index(options.source, good, fields, s) if good and not options.survey else None
-    if index is not None:
-        broken = json.loads((index / "summary.json").read_text(encoding="utf-8")).get("broken", {})
+    folder = index.build(spec) if spec is not None else None  # built already by `prepare` in a build
+    if folder is not None:
+        broken = json.loads((folder / index.SUMMARY).read_text(encoding="utf-8")).get("broken", {})
         files = [dataclasses.replace(f, error=("bad_parquet", broken[f.rel])) if f.rel in broken else f
                  for f in files]
     tasks = []
@@ -283,7 +279,7 @@ def plan(options: Options) -> list[Task]:
         for part, (group, start, stop) in enumerate(slices):
             tasks.append(Task(f.rel, part, len(slices), {
                 **base, "row_group": group, "start": start, "stop": stop,
-                "index": index and str(index), "file_number": file_numbers[f.rel]}))
+                "index": folder and str(folder), "file_number": file_numbers[f.rel]}))
     return tasks
 
 
@@ -296,32 +292,32 @@ def _fingerprint(source: Path, files: list[_File], fields: Mapping[str, str]) ->
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-def _ensure_index(source: Path, files: list[_File], fields: Mapping[str, str], s: Settings) -> Path:
-    """The index folder for these files (built once; reused while no input file changes)."""
-    final = s.index_dir / "kale-index" / _fingerprint(source, files, fields)
-    if (final / "summary.json").is_file():
-        return final
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        summary = _build_index(source, files, fields, tmp, s.index_buckets)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "summary.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+def _index_spec(source: Path, files: list[_File], fields: Mapping[str, str], s: Settings) -> index.Spec:
+    """The core/full index of these files (`hubsets.build.index`), reused while no input file changes."""
+    return index.Spec(folder=s.index_dir / "kale-index" / _fingerprint(source, files, fields), root=source,
+                      files=tuple(f.rel for f in files), groups=tuple(f.set for f in files), names=tuple(SETS),
+                      rows=tuple(f.rows for f in files), key=functools.partial(_keys, fields=dict(fields)),
+                      buckets=s.index_buckets or index.buckets_for(sum(f.rows for f in files)))
 
 
-def _key_file(source: Path, f: _File, number: int, fields: Mapping[str, str], handles: list[Any],
-              n_buckets: int) -> None:
-    """Append (key, file, row) of every keyed row of `f` to the bucket file its key hashes to."""
+def _planned(options: Options) -> tuple[list[_File], Settings, index.Spec | None]:
+    s = settings(options.settings, options.max_pixels, options.out)
+    fields = _fields(options)
+    files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)[0]]
+    good = [f for f in files if f.error is None]
+    spec = _index_spec(options.source, good, fields, s) if good and not options.survey else None
+    return files, s, spec
+
+
+def prepare(options: Options) -> list[Prepare]:
+    """The core/full index's passes, for the driver to run on its workers (none once it is built)."""
+    return index.steps(spec) if (spec := _planned(options)[2]) is not None else []
+
+
+def _keys(path: Path, fields: Mapping[str, str]) -> Iterator[tuple[list[int], bytes]]:
+    """(rows, keys) of every row with a usable url and caption: the first 16 bytes of `row_key`."""
     row = 0
-    pf = pq.ParquetFile(source / f.rel)
+    pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=65_536, columns=[fields["url"], fields["caption"]]):
         keys = bytearray()
         rows = []
@@ -331,86 +327,7 @@ def _key_file(source: Path, f: _File, number: int, fields: Mapping[str, str], ha
                 keys += row_key(url, caption)[:16]
                 rows.append(row + i)
         row += batch.num_rows
-        if not rows:
-            continue
-        entries = np.empty(len(rows), dtype=_ENTRY)
-        entries["key"] = np.frombuffer(bytes(keys), dtype="S16")
-        entries["file"] = number
-        entries["row"] = rows
-        bucket = np.frombuffer(bytes(keys), dtype=">u4")[::4] % n_buckets
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=n_buckets))])
-        sorted_entries = entries[order]
-        for b in range(n_buckets):
-            if bounds[b + 1] > bounds[b]:
-                handles[b].write(sorted_entries[bounds[b]:bounds[b + 1]].tobytes())
-
-
-def _build_index(source: Path, files: list[_File], fields: Mapping[str, str], work: Path,
-                 buckets: int | None) -> dict[str, Any]:
-    """Pass 1: key every row into `buckets` files by hash. Pass 2: per bucket, mark duplicates and overlap."""
-    total = sum(f.rows for f in files)
-    n_buckets = buckets or min(512, max(1, math.ceil(total / 1_000_000)))
-    (work / "buckets").mkdir()
-    (work / "status").mkdir()
-    handles = [open(work / "buckets" / f"{b:04d}.bin", "wb") for b in range(n_buckets)]  # noqa: SIM115
-    counts: Counter[str] = Counter()
-    broken: dict[int, str] = {}
-    try:
-        for number, f in enumerate(files):
-            try:
-                _key_file(source, f, number, fields, handles, n_buckets)
-            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-                # footer fine, data not (or url/caption not UTF-8): a file-level reject, its keys are ignored below
-                broken[number] = f"{f.rel}: unreadable data ({str(exc).splitlines()[0][:200]})"
-                continue
-            counts[f"{f.set}_rows"] += f.rows
-    finally:
-        for h in handles:
-            h.close()
-    status: list[np.ndarray] = []
-    for n, f in enumerate(files):
-        path = work / "status" / f"{n:05d}.npy"
-        if f.rows:
-            status.append(np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(f.rows,)))
-        else:  # an empty shard (nothing to mmap) gets no tasks
-            np.save(path, np.zeros(0, dtype=np.uint8))
-            status.append(np.zeros(0, dtype=np.uint8))
-    is_full = np.array([f.set == "full" for f in files], dtype=bool)
-    for b in range(n_buckets):
-        path = work / "buckets" / f"{b:04d}.bin"
-        entries = np.fromfile(path, dtype=_ENTRY)
-        path.unlink()
-        if broken:
-            entries = entries[~np.isin(entries["file"], np.array(list(broken), dtype=np.uint32))]
-        full_mask = is_full[entries["file"]]
-        parts = {}
-        for set_name, mask in (("core", ~full_mask), ("full", full_mask)):
-            part = entries[mask]
-            part = part[np.argsort(part["key"], kind="stable")]  # stable: earlier rows first within a key
-            first = np.ones(len(part), dtype=bool)
-            first[1:] = part["key"][1:] != part["key"][:-1]
-            parts[set_name] = (part, first, part["key"][first])
-        for set_name, other in (("core", "full"), ("full", "core")):
-            part, first, unique = parts[set_name]
-            code = np.where(np.isin(part["key"], parts[other][2]), IN_OTHER, 0).astype(np.uint8)
-            code[~first] |= DUPLICATE
-            counts[f"{set_name}_keyed"] += len(part)
-            counts[f"{set_name}_distinct"] += len(unique)
-            counts[f"{set_name}_duplicates"] += int((~first).sum())
-            if set_name == "core":
-                counts["overlap"] += int(np.count_nonzero(code[first] & IN_OTHER))
-            for number in np.unique(part["file"]):
-                sel = part["file"] == number
-                status[int(number)][part["row"][sel]] = code[sel]
-    for array in status:
-        if isinstance(array, np.memmap):
-            array.flush()
-    del status
-    shutil.rmtree(work / "buckets")
-    counts["core_missing_from_full"] = counts["core_distinct"] - counts["overlap"]
-    return {"format": INDEX_FORMAT, "buckets": n_buckets, "files": [f.rel for f in files], "counts": dict(counts),
-            "broken": {files[n].rel: detail for n, detail in broken.items()}}
+        yield rows, bytes(keys)
 
 
 def survey(options: Options, sample: Sequence[Item]) -> Survey:
@@ -432,11 +349,12 @@ def plan_stats(options: Options, tasks: list[Task]) -> dict[str, int]:
     _, ignored, snap = _discover(options.source)
     if snap is not None:
         stats.update(snap.stats(ignored))
-    index = next((t.options["index"] for t in tasks if t.options.get("index")), None)
-    if index is None:
+    folder = next((t.options["index"] for t in tasks if t.options.get("index")), None)
+    if folder is None:
         return stats
-    summary = json.loads((Path(index) / "summary.json").read_text(encoding="utf-8"))
-    return {**stats, **{f"index:{k}": int(v) for k, v in summary["counts"].items()}}
+    counts = json.loads((Path(folder) / index.SUMMARY).read_text(encoding="utf-8"))["counts"]
+    counts["core_missing_from_full"] = counts["core_distinct"] - counts["overlap"]
+    return {**stats, **{f"index:{k}": int(v) for k, v in counts.items()}}
 
 
 # --- reading ----------------------------------------------------------------------------------------------
@@ -458,7 +376,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     if task.options.get("error"):  # found unusable by plan: none of its rows is read (hubsets.builder)
         reason, detail = task.options["error"]
         raise sources.SourceError(task.file, 0, reason, detail, byte=0)
-    status = np.load(Path(task.options["index"]) / "status" / f"{task.options['file_number']:05d}.npy",
+    status = np.load(index.status_file(Path(task.options["index"]), task.options["file_number"]),
                      mmap_mode="r") if task.options["index"] else np.zeros(task.options["file_rows"], np.uint8)
     start, stop = task.options["start"], task.options["stop"]
     items: list[_Candidate | Reject] = []

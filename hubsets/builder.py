@@ -117,6 +117,21 @@ def json_array_tasks(source: Path, file: str, rows_per_task: int, *, survey: boo
             for k, s in enumerate(slices)]
 
 
+@dataclass(frozen=True)
+class Prepare:
+    """Calls the build driver runs on its pool (worker processes or Ray) before `plan()`, e.g. the passes of
+    an index over all inputs (`hubsets.build.index`), so that plan-time work scales with the cluster. The
+    steps of a list run in order, the calls of a step in any order: `fn(*call)` must be a module-level
+    function with picklable arguments, and each call writes only its own files."""
+
+    fn: Callable[..., Any]
+    calls: Sequence[tuple[Any, ...]]
+    where: Sequence[str]
+    """What each call works on, in words, for error messages."""
+    inline: bool = False
+    """Run in the driver (a cheap step that adds up the others' results)."""
+
+
 class BuildError(Exception):
     """A build cannot proceed; the message names the file and what to do."""
 
@@ -199,6 +214,12 @@ class Builder(Protocol):
     LICENSE_LINK: str | None
     """The card's `license_link` when `LICENSE` is `other`. Default: None (the upstream repo's page)."""
 
+    def prepare(self, options: Options) -> Sequence[Prepare]:
+        """Work over whole inputs that `plan` needs, as steps the driver runs on its pool first; `plan` must
+        still work alone (it then runs what is missing itself, e.g. `index.build`), and a rerun whose inputs
+        did not change returns no step. Default: none."""
+        ...
+
     def plan_stats(self, options: Options, tasks: list[Task]) -> Mapping[str, int]:
         """Manifest `stats` counters known at plan time (files found, files skipped). Default: none."""
         ...
@@ -229,6 +250,10 @@ class Builder(Protocol):
         ...
 
 
+def _no_prepare(_: Options) -> list[Prepare]:
+    return []
+
+
 def _no_stats(*_: Any) -> dict[str, int]:
     return {}
 
@@ -243,7 +268,8 @@ def _no_survey(_: Options, __: Sequence[Item]) -> Survey:
 
 HOOK_DEFAULTS: Mapping[str, Any] = {
     "SETTINGS": (), "SOURCE_LAYOUT": "", "DOWNLOAD": "", "LICENSE_NAME": None, "LICENSE_LINK": None,
-    "plan_stats": _no_stats, "record_stats": _no_stats, "reject_stats": _no_stats, "output_stats": _no_stats,
+    "prepare": _no_prepare, "plan_stats": _no_stats, "record_stats": _no_stats, "reject_stats": _no_stats,
+    "output_stats": _no_stats,
     "card_sections": _no_sections, "survey": _no_survey,
 }
 """The value of each optional `Builder` member a module leaves out."""
@@ -257,6 +283,8 @@ def hook(builder: Builder, name: Literal["SETTINGS"]) -> Sequence[Setting]: ...
 def hook(builder: Builder, name: Literal["SOURCE_LAYOUT", "DOWNLOAD"]) -> str: ...
 @overload
 def hook(builder: Builder, name: Literal["LICENSE_NAME", "LICENSE_LINK"]) -> str | None: ...
+@overload
+def hook(builder: Builder, name: Literal["prepare"]) -> Callable[[Options], Sequence[Prepare]]: ...
 @overload
 def hook(builder: Builder, name: Literal["plan_stats"]) -> Callable[[Options, list[Task]], _Stats]: ...
 @overload

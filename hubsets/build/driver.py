@@ -70,6 +70,7 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
     _check_out(out)
     if options.out is None:
         options = dataclasses.replace(options, out=out.local)
+    _prepare(builder, options, workers, runner, ray_address)
     tasks = builder.plan(options)
     if not tasks:
         raise BuildError(f"no input files found under {options.source} for {name}")
@@ -125,6 +126,20 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
     if discard_staging:
         out.remove_tree(layout.WORK)
     return manifest
+
+
+def _prepare(builder: Builder, options: Options, workers: int, runner: str, ray_address: str | None) -> None:
+    """Run the builder's plan-time passes (`Builder.prepare`, e.g. KALE's index) on the pool, step by step."""
+    steps = hook(builder, "prepare")(options)
+    if not steps:
+        return
+    try:
+        with _Pool(workers, runner, ray_address) as pool:
+            for step in steps:
+                pool.run(step.fn, step.calls, step.where, inline=step.inline)
+    except OSError as exc:
+        raise BuildError(f"preparing the build failed: {exc}. Free space (or fix the cause) and run the same "
+                         "command again: finished passes are kept") from exc
 
 
 def _check_inputs(source: Path, tasks: list[Task]) -> None:
