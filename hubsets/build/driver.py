@@ -70,73 +70,72 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
     _check_out(out)
     if options.out is None:
         options = dataclasses.replace(options, out=out.local)
-    _prepare(builder, options, workers, runner, ray_address)
-    tasks = builder.plan(options)
-    if not tasks:
-        raise BuildError(f"no input files found under {options.source} for {name}")
-    _check_inputs(options.source, tasks)
-    started = time.time()
-    records = Records(out)
-    shard_options = writer_options or {}
-    keys = [task_key(builder, task, options, shard_options) for task in tasks]
-    if len(set(keys)) != len(keys):
-        raise BuildError(f"the {name} builder planned the same task twice; this is a bug in its plan()")
-    extra: Counter[str] = Counter()
-    extra.update(hook(builder, "plan_stats")(options, tasks))
-    try:
-        out.local.mkdir(parents=True, exist_ok=True)
-        out.remove(MANIFEST)  # first: a folder being rebuilt must not look finished
-        invalidated = records.prune(set(keys))
-        invalidated += _check_records(out, records, keys)
-        _renumber(out, records, keys)
-        _sweep(out, records, keys)
-        todo = [(i, task, key) for i, (task, key) in enumerate(zip(tasks, keys, strict=True))
-                if not records.done(key)]
-        if invalidated:
-            say(f"hubsets: {len(invalidated)} finished task(s) no longer match the input or options and will "
-                "be redone")
-        if len(todo) < len(tasks):
-            say(f"hubsets: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
-        with _Pool(workers, runner, ray_address) as pool:
+    with _Pool(workers, runner, ray_address) as pool:  # one set of workers (or one Ray session) for all passes
+        _prepare(builder, options, pool)
+        tasks = builder.plan(options)
+        if not tasks:
+            raise BuildError(f"no input files found under {options.source} for {name}")
+        _check_inputs(options.source, tasks)
+        started = time.time()
+        records = Records(out)
+        shard_options = writer_options or {}
+        keys = [task_key(builder, task, options, shard_options) for task in tasks]
+        if len(set(keys)) != len(keys):
+            raise BuildError(f"the {name} builder planned the same task twice; this is a bug in its plan()")
+        extra: Counter[str] = Counter()
+        extra.update(hook(builder, "plan_stats")(options, tasks))
+        try:
+            out.local.mkdir(parents=True, exist_ok=True)
+            out.remove(MANIFEST)  # first: a folder being rebuilt must not look finished
+            invalidated = records.prune(set(keys))
+            invalidated += _check_records(out, records, keys)
+            _renumber(out, records, keys)
+            _sweep(out, records, keys)
+            todo = [(i, task, key) for i, (task, key) in enumerate(zip(tasks, keys, strict=True))
+                    if not records.done(key)]
+            if invalidated:
+                say(f"hubsets: {len(invalidated)} finished task(s) no longer match the input or options and will "
+                    "be redone")
+            if len(todo) < len(tasks):
+                say(f"hubsets: resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
             shown = _Shown(progress, len(todo))
             with shown.bar:
                 pool.run(run_task, [(name, task, i, options, out, key, shard_options) for i, task, key in todo],
                          [_where(task) for _, task, _ in todo], on_done=shown.done)
             _check_visible(records, [key for _, _, key in todo])
             _dedupe(pool, out, records, name, tasks, keys, options, shard_options)
-        stats = [records.stats(key) for key in keys]
-        files = sorted((f for s in stats for f in s.written()), key=lambda f: f.path)
-        read, rejects, bad_files = _collect(out, records, keys, stats, builder, extra)
-    except OSError as exc:
-        raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
-                         "command again: finished tasks are kept and the build resumes") from exc
-    # statistics across tasks, from the written files' columns (e.g. split overlap)
-    extra.update(hook(builder, "output_stats")(out, [f.path for f in files]))
-    manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
-                         {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
-    _check_accounting(manifest)
-    out.write_text(layout.CARD, card.render(builder, manifest))
-    out.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if bad_files and not allow_bad_files:
-        first = bad_files[0]
-        more = f" (and {len(bad_files) - 1} more file(s), listed in {out}/{MANIFEST})" if len(bad_files) > 1 else ""
-        raise BuildError(f"input file {sources.unreadable(first)}{more}. The rows before the break were built "
-                         f"into {out}; fix or re-download the file and run the same command again, or pass "
-                         "--allow-bad-files to publish without the rest")
-    if discard_staging:
-        out.remove_tree(layout.WORK)
-    return manifest
+            stats = [records.stats(key) for key in keys]
+            files = sorted((f for s in stats for f in s.written()), key=lambda f: f.path)
+            read, rejects, bad_files = _collect(out, records, keys, stats, builder, extra)
+        except OSError as exc:
+            raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
+                             "command again: finished tasks are kept and the build resumes") from exc
+        # statistics across tasks, from the written files' columns (e.g. split overlap)
+        extra.update(hook(builder, "output_stats")(out, [f.path for f in files]))
+        manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
+                             {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
+        _check_accounting(manifest)
+        out.write_text(layout.CARD, card.render(builder, manifest))
+        out.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if bad_files and not allow_bad_files:
+            first = bad_files[0]
+            more = f" (and {len(bad_files) - 1} more file(s), listed in {out}/{MANIFEST})" if len(bad_files) > 1 else ""
+            raise BuildError(f"input file {sources.unreadable(first)}{more}. The rows before the break were built "
+                             f"into {out}; fix or re-download the file and run the same command again, or pass "
+                             "--allow-bad-files to publish without the rest")
+        if discard_staging:
+            out.remove_tree(layout.WORK)
+        return manifest
 
 
-def _prepare(builder: Builder, options: Options, workers: int, runner: str, ray_address: str | None) -> None:
+def _prepare(builder: Builder, options: Options, pool: _Pool) -> None:
     """Run the builder's plan-time passes (`Builder.prepare`, e.g. KALE's index) on the pool, step by step."""
     steps = hook(builder, "prepare")(options)
     if not steps:
         return
     try:
-        with _Pool(workers, runner, ray_address) as pool:
-            for step in steps:
-                pool.run(step.fn, step.calls, step.where, inline=step.inline)
+        for step in steps:
+            pool.run(step.fn, step.calls, step.where, inline=step.inline)
     except OSError as exc:
         raise BuildError(f"preparing the build failed: {exc}. Free space (or fix the cause) and run the same "
                          "command again: finished passes are kept") from exc
@@ -310,6 +309,7 @@ class _Pool:
     def __init__(self, workers: int, runner: str, ray_address: str | None) -> None:
         self.workers, self.runner, self.ray_address = workers, runner, ray_address
         self._processes: ProcessPoolExecutor | None = None
+        self._ray_started = False
 
     def __enter__(self) -> _Pool:
         return self
@@ -317,6 +317,10 @@ class _Pool:
     def __exit__(self, *exc: object) -> None:
         if self._processes is not None:
             self._processes.shutdown(cancel_futures=True)
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
 
     def run(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str], *,
             on_done: Callable[[Any], None] | None = None, inline: bool = False) -> list[Any]:
@@ -325,7 +329,9 @@ class _Pool:
         if not calls:
             return []
         if self.runner == "ray" and not inline:
-            from hubsets.build.ray_runner import run_calls
+            from hubsets.build.ray_runner import connect, run_calls
+
+            self._ray_started = connect(self.ray_address) or self._ray_started
 
             return run_calls(fn, calls, where, self.ray_address, on_done=on_done)
         if self.workers <= 1 or inline:

@@ -27,30 +27,40 @@ IN_FLIGHT_PER_CPU = 2
 (KALE: thousands of tasks) is never queued in Ray at once and a failure stops the build early."""
 
 
-def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str],
-              address: str | None, *, on_done: Callable[[Any], None] | None = None,
-              max_in_flight: int | None = None) -> list[Any]:
-    """`fn(*call)` for every call as Ray tasks (one CPU each); results in the calls' order, `on_done` after each.
-
-    Joins the cluster at `address` unless Ray is already initialized in this process (`None`: the cluster
-    in `RAY_ADDRESS`, else a local instance is started). After the first failure no new call is started;
-    calls already running finish (their records are kept for the resume), then the failure is raised as its
-    original exception type with a one-line message naming `where` (the task's file). Interrupted, running
-    calls are cancelled.
-    """
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` unless Ray is already initialized in this process (`None`: the cluster
+    in `RAY_ADDRESS`, else a local instance is started). True when this call initialized Ray (the caller
+    then shuts it down), so one build joins once however many passes it runs."""
     try:
         import ray
     except ImportError:
         raise BuildError("--runner ray needs Ray: pip install 'hubsets[ray]' (or use the local runner, "
                          "--workers N)") from None
-    started = not ray.is_initialized()
-    if started:
-        _check_reachable(address)
-        try:
-            ray.init(address=address)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise BuildError(f"cannot connect to the Ray cluster at {address or 'the default address'}: "
-                             f"{_first_line(exc)}") from None
+    if ray.is_initialized():
+        return False
+    _check_reachable(address)
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise BuildError(f"cannot connect to the Ray cluster at {address or 'the default address'}: "
+                         f"{_first_line(exc)}") from None
+    return True
+
+
+def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str],
+              address: str | None, *, on_done: Callable[[Any], None] | None = None,
+              max_in_flight: int | None = None) -> list[Any]:
+    """`fn(*call)` for every call as Ray tasks (one CPU each); results in the calls' order, `on_done` after each.
+
+    Joins the cluster first when Ray is not initialized yet (`connect`), and then leaves it again. After the
+    first failure no new call is started;
+    calls already running finish (their records are kept for the resume), then the failure is raised as its
+    original exception type with a one-line message naming `where` (the task's file). Interrupted, running
+    calls are cancelled.
+    """
+    started = connect(address)  # first: it turns a missing Ray into a one-line error
+    import ray
+
     try:
         limit = max_in_flight or max(2, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1)(_remote_call)
