@@ -342,6 +342,15 @@ class Fetcher:
             cls._shared[key] = fetcher  # most recently used last
             return fetcher
 
+    @classmethod
+    def close_shared(cls) -> None:
+        """Close this process's shared fetchers (their summary lines print now): a build run in-process calls
+        it when its tasks are done, so the fetch summary comes before the build's, not at interpreter exit."""
+        with cls._shared_lock:
+            fetchers, cls._shared = list(cls._shared.values()), {}
+        for fetcher in fetchers:
+            fetcher.close()
+
     def close(self, wait: bool = True) -> None:
         """Stop the threads (after pending downloads when `wait`) and close idle connections; the progress
         summary line is printed."""

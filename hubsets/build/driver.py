@@ -317,6 +317,9 @@ class _Pool:
     def __exit__(self, *exc: object) -> None:
         if self._processes is not None:
             self._processes.shutdown(cancel_futures=True)
+        fetch = sys.modules.get("hubsets.fetch")  # tasks run inline fetched in this process: summarise now
+        if fetch is not None:
+            fetch.Fetcher.close_shared()
         if self._ray_started:
             import ray
 
