@@ -332,7 +332,7 @@ def survey(options: Options, sample: Sequence[Item]) -> Survey:
         try:  # a parquet file's columns from its footer: its first row group may be hundreds of MB
             first = (dict.fromkeys(pq.read_schema(options.source / file).names)
                      if file.lower().endswith(sources.PARQUET_SUFFIXES) else
-                     next((v for _, v in _rows(options.source / file, file) if isinstance(v, dict)), None))
+                     next((v for _, v in sources.iter_rows(options.source / file, file) if isinstance(v, dict)), None))
         except (sources.SourceError, OSError, ValueError):
             first = None
         if first is not None:
@@ -382,7 +382,7 @@ def _members_file(options: Options, name: str, files: list[str]) -> Path:
 def _file_qa_keys(options: Options, file: str, mapping: dict[str, tuple[str, ...]]) -> Iterator[str]:
     """QA keys of every readable row of a subset file (images are never read: keys are text only)."""
     skip = set(mapping["image"])
-    for _, value in _rows(options.source / file, file, skip_columns=skip):
+    for _, value in sources.iter_rows(options.source / file, file, skip_columns=skip):
         if not isinstance(value, dict):
             continue
         try:
@@ -421,18 +421,6 @@ def _split_of(file: str) -> str:
     return "train"
 
 
-def _rows(path: Path, file: str, skip_columns: set[str] | None = None) -> Iterator[tuple[int, Any]]:
-    name = file.lower()
-    if name.endswith(sources.PARQUET_SUFFIXES):
-        if skip_columns:
-            names = pq.read_schema(path).names
-            return sources.iter_parquet(path, file, columns=[c for c in names if c not in skip_columns])
-        return sources.iter_parquet(path, file)
-    if name.endswith(sources.JSONL_SUFFIXES):
-        return sources.iter_jsonl(path, file)
-    return sources.iter_json_array(path, file)
-
-
 @dataclass
 class _Reading:
     """What one task's rows share: the mapping, settings, fetched images and the last image's digest."""
@@ -464,7 +452,7 @@ def read(task: Task, options: Options) -> Iterator[Item]:
     fetcher = settings.fetcher(values, options.max_pixels, options.out) if values["fetch_images"] else None
     chunk: list[tuple[int, Any]] = []
     try:
-        for row in _rows(path, task.file):
+        for row in sources.iter_rows(path, task.file):
             chunk.append(row)
             if len(chunk) >= CHUNK_ROWS:
                 yield from _read_chunk(chunk, ctx, fetcher)

@@ -579,12 +579,6 @@ def _jsonl_rows(path: Path, offset: int = 0, first_row: int = 0, rows: int | Non
     return sources.iter_jsonl(path, path.name, offset=offset, first_row=first_row, rows=rows)
 
 
-def _all_rows(source: Path, name: str) -> Iterator[tuple[int, Any]]:
-    if name.endswith(".jsonl"):
-        return _jsonl_rows(source / name)
-    return sources.iter_parquet(source / name, name)
-
-
 def _shared_files(source: Path, name: str) -> dict[str, int]:
     """Embedding files named by two rows or more without `embedding_row` (`_file_key` -> rows).
 
@@ -645,7 +639,7 @@ def plan(options: Options) -> list[Task]:
     ctx = _Context(options.source, s, shared)
     reference: Embedding | None = None
     try:
-        for _, value in _all_rows(options.source, name):
+        for _, value in sources.iter_rows(options.source / name, name):
             try:
                 reference = _check_row(value, ctx).embedding
                 break
