@@ -36,7 +36,6 @@ from hubsets.builder import READS, Builder, BuildError, Options, Partition, Reje
 
 MANIFEST = layout.MANIFEST
 REJECTS = layout.REJECTS
-CACHE = layout.CACHE
 KEPT = (layout.CACHE, layout.WORK, layout.LOCK)
 RUNNERS = ("local", "ray")
 
