@@ -152,6 +152,17 @@ class Options:
     """Set by `hubsets inspect` (never by a build): `plan` makes no pass over whole inputs (indexes, subset
     membership, byte slicing) and writes nothing; its tasks need only read their first rows as a build would
     (one task may span a whole file: inspect stops after a sample)."""
+    typed: Mapping[str, Any] | None = None
+    """`settings` parsed against the builder's `SETTINGS` (`hubsets.settings.bind`, which the build and
+    inspect call): builders read `values`, never the raw strings."""
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """Every declared `--set` key of the builder, typed, defaults filled in."""
+        if self.typed is None:
+            raise BuildError("these Options are not bound to a builder: call hubsets.settings.bind(builder, "
+                             "options) first (hubsets.build and hubsets inspect do)")
+        return self.typed
 
 
 @dataclass

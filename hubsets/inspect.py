@@ -31,6 +31,7 @@ from hubsets import images, registry, release, sources
 from hubsets.build.task import _accept, _ImageChecker
 from hubsets.builder import READS, Builder, BuildError, Item, Options, Reject, Row, Survey, Task, hook
 from hubsets.schema import Record
+from hubsets.settings import bind
 
 SAMPLE_FILES = 3
 """Input files whose first rows are sampled."""
@@ -85,7 +86,7 @@ def inspect(name: str, options: Options, *, shown: int = SHOWN) -> Report:
                          "folder holding the upstream release")
     fetching = _fetching(builder, options)
     settings = {**options.settings, "fetch_images": "false"} if fetching else dict(options.settings)
-    survey_options = dataclasses.replace(options, settings=settings, survey=True)
+    survey_options = bind(builder, dataclasses.replace(options, settings=settings, survey=True))
     tasks = builder.plan(survey_options)
     if not tasks:
         raise BuildError(f"no input files found under {options.source} for {name}")
@@ -179,9 +180,7 @@ def _sample(builder: Builder, tasks: Sequence[Task], options: Options) -> _Sampl
 
 def _fetching(builder: Builder, options: Options) -> bool:
     """Whether the build would download image URLs (inspect never does)."""
-    if "fetch_images" not in _setting_names(builder):
-        return False
-    return options.settings.get("fetch_images", "").strip().lower() in ("true", "1", "yes", "on")
+    return bool(bind(builder, options).values.get("fetch_images", False))
 
 
 def _setting_names(builder: Builder) -> set[str]:

@@ -7,13 +7,14 @@ accepted), and `hubsets info NAME` prints the same declarations, so help and beh
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hubsets import captions
-from hubsets.builder import BuildError
+from hubsets.builder import BuildError, Options
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -70,6 +71,15 @@ def parse(builder_name: str, declared: Iterable[Setting], values: Mapping[str, s
         raise SettingError(f"unknown --set {', '.join(unknown)} for {builder_name}; known: {', '.join(known)} "
                          f"(see `hubsets info {builder_name}`)")
     return {name: s.parse(values[name]) if name in values else s.default for name, s in known.items()}
+
+
+def bind(builder: Any, options: Options) -> Options:
+    """`options` with `values` set: `options.settings` parsed against `builder.SETTINGS`, once, here (the build
+    and inspect call this before `plan`; workers receive the bound options)."""
+    from hubsets.builder import hook
+
+    typed = parse(builder.NAME, hook(builder, "SETTINGS"), options.settings)
+    return dataclasses.replace(options, typed=typed)
 
 
 FETCH = (

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import hubsets
-from hubsets import card, layout, lock, progress, registry, sources
+from hubsets import card, layout, lock, progress, registry, settings, sources
 from hubsets.build import dedupe, output
 from hubsets.build.output import Output
 from hubsets.build.shards import WrittenFile, describe
@@ -69,6 +69,7 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
     _check_out(out)
     if options.out is None:
         options = dataclasses.replace(options, out=out.local)
+    options = settings.bind(builder, options)  # the one parse of --set: a bad key fails before any work
     with _Pool(workers, runner, ray_address) as pool:  # one set of workers (or one Ray session) for all passes
         _prepare(builder, options, pool)
         tasks = builder.plan(options)
