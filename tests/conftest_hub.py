@@ -146,3 +146,38 @@ def partition_rows(folder: Path) -> dict[str, list[dict[str, Any]]]:
         part = f"{path.parent.relative_to(folder).as_posix()}/{path.name.split('-')[0]}"
         rows.setdefault(part, []).extend(pq.read_table(path).to_pylist())
     return {part: sorted(values, key=lambda r: r["id"]) for part, values in sorted(rows.items())}
+
+
+S3_BUCKET = "hubsets-test"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def moto_s3(cache: Path) -> Any:
+    """A moto S3 server on 127.0.0.1 with `S3_BUCKET` made, the AWS_* variables (and HUBSETS_CACHE=`cache`)
+    set for this process and the processes it spawns; a generator for a fixture: yields the endpoint."""
+    import pytest
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        for name, value in S3_CREDENTIALS.items():
+            env.setenv(name, value)
+        env.setenv("HUBSETS_CACHE", str(cache))
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
+        yield endpoint
+    server.stop()
+
+
+def s3_objects(prefix: str) -> dict[str, bytes]:
+    """Every object under `s3://S3_BUCKET/prefix` by relative path (a fresh client: nothing cached)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = f"{S3_BUCKET}/{prefix}"
+    return {path.removeprefix(root + "/"): fs.cat_file(path) for path in fs.find(root)}

@@ -128,3 +128,48 @@ def test_an_unreachable_address_fails_fast():
         _check_reachable("127.0.0.1:1", timeout=5)
     _check_reachable(None)
     _check_reachable("auto")
+
+
+def test_ray_build_to_an_object_store_is_identical_to_local(cluster, source, local, tmp_path_factory):
+    """--runner ray with --out s3://... (a moto server on loopback): the objects equal a local build's files.
+    The Ray workers were started before the AWS_* variables were set, so the endpoint and keys travel as
+    --storage-options, pickled with the output to every node."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from conftest_hub import S3_BUCKET, S3_CREDENTIALS, moto_s3, s3_objects
+
+    server = moto_s3(tmp_path_factory.mktemp("ray-s3-cache"))
+    endpoint = next(server)
+    try:
+        storage = {"endpoint_url": endpoint, "key": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                   "secret": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+        manifest = build("skvqa", Options(source=source), f"s3://{S3_BUCKET}/ray", runner="ray", progress=False,
+                         storage_options=storage)
+        assert manifest["provenance"]["tasks"]["run"] == 5
+        objects = s3_objects("ray")
+        shards = {k: hashlib.sha256(v).hexdigest() for k, v in sorted(objects.items())
+                  if k.startswith("data/") and k.endswith(".parquet")}
+        assert shards == local["shards"]
+        assert objects["README.md"].decode() == local["card"]
+        assert objects["rejects/rejects.jsonl"].decode() == local["rejects"]
+        remote = json.loads(objects["hubsets.json"])
+        remote.pop("provenance")
+        assert remote == local["manifest"]
+    finally:
+        server.close()
+
+
+def test_a_folder_one_node_cannot_see_fails_before_any_call(cluster, source, tmp_path):
+    """The up-front check runs on every node: a build folder missing there is one line naming the node and
+    the fix (here the folder is removed after the options are made, as a node without the mount sees it)."""
+    import ray
+
+    from hubsets.build.ray_runner import check_nodes
+
+    assert ray.is_initialized()
+    check_nodes(Options(source=source, out=tmp_path), remote_out=True)  # every node sees both: passes
+    gone = tmp_path / "cache-on-the-driver-only"
+    with pytest.raises(BuildError, match=r"cache folder .* is not visible on Ray node .*HUBSETS_CACHE"):
+        check_nodes(Options(source=source, out=gone), remote_out=True)
+    with pytest.raises(BuildError, match=r"source folder .* is not visible on Ray node"):
+        check_nodes(Options(source=tmp_path / "nowhere", out=tmp_path), remote_out=False)

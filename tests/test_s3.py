@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_hub import REPO_ROOT, ServerProcess, client_env, run_client
+from conftest_hub import REPO_ROOT, S3_BUCKET, ServerProcess, client_env, moto_s3, run_client
+from conftest_hub import s3_objects as objects
 
 from hubsets import cli
 from hubsets.build import build
@@ -25,9 +26,9 @@ from hubsets.layout import sha256_file
 from hubsets.testing import samples
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-BUCKET = "hubsets-test"
+BUCKET = S3_BUCKET
 LOAD = """
 import datasets
 from huggingface_hub import snapshot_download
@@ -48,30 +49,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """The moto S3 server's endpoint, with the AWS_* variables pointing every client at it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ENDPOINT_URL", endpoint)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("HUBSETS_CACHE", str(tmp_path_factory.mktemp("hubsets-cache")))
-        import s3fs
-
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
-        yield endpoint
-    server.stop()
-
-
-def objects(prefix: str) -> dict[str, bytes]:
-    """Every object under `s3://BUCKET/prefix` by relative path (a fresh client: nothing cached)."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    root = f"{BUCKET}/{prefix}"
-    return {path.removeprefix(root + "/"): fs.cat_file(path) for path in fs.find(root)}
+    yield from moto_s3(tmp_path_factory.mktemp("hubsets-cache"))
 
 
 def local_files(folder: Path) -> dict[str, bytes]:

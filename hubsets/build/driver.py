@@ -71,6 +71,7 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
         options = dataclasses.replace(options, out=out.local)
     options = settings.bind(builder, options)  # the one parse of --set: a bad key fails before any work
     with _Pool(workers, runner, ray_address) as pool:  # one set of workers (or one Ray session) for all passes
+        pool.check_nodes(options, remote_out=not out.is_local)
         _prepare(builder, options, pool)
         tasks = builder.plan(options)
         if not tasks:
@@ -324,6 +325,14 @@ class _Pool:
             import ray
 
             ray.shutdown()
+
+    def check_nodes(self, options: Options, *, remote_out: bool) -> None:
+        """With Ray: join the cluster now and check that every node sees the build's folders."""
+        if self.runner == "ray":
+            from hubsets.build.ray_runner import check_nodes, connect
+
+            self._ray_started = connect(self.ray_address) or self._ray_started
+            check_nodes(options, remote_out=remote_out)
 
     def run(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str], *,
             on_done: Callable[[Any], None] | None = None, inline: bool = False) -> list[Any]:

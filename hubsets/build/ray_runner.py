@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hubsets.build.output import LocalOutput
+from hubsets.build.output import CACHE_ENV, LocalOutput
 from hubsets.builder import BuildError, Options
 
 IN_FLIGHT_PER_CPU = 2
@@ -94,6 +94,41 @@ def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: S
     finally:
         if started:
             ray.shutdown()
+
+
+def check_nodes(options: Options, *, remote_out: bool, timeout: float = 120.0) -> None:
+    """Before any call runs: every alive node sees `--source` and the build's local folder (`options.out`:
+    the output itself, or for an object-store `--out` the folder holding builders' caches), so a folder
+    missing on one node fails the build at once, naming the node, not halfway through a pass."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folders = [str(options.source)] + ([str(options.out)] if options.out is not None else [])
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0)(_missing)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(folders)
+            for n in nodes]
+    for node, missing in zip(nodes, ray.get(refs, timeout=timeout), strict=True):
+        if missing is None:
+            continue
+        folder, host = missing
+        if folder == folders[0] or not remote_out:
+            what, fix = ("source folder" if folder == folders[0] else "output folder",
+                         "--runner ray needs --source and --out on a filesystem every node mounts at the same path")
+        else:
+            what, fix = ("the build's cache folder", f"with --out on an object store, set {CACHE_ENV} to a folder "
+                         "every node mounts at the same path (builders keep there what their tasks read, e.g. "
+                         "KALE's core/full index)")
+        raise BuildError(f"{what} {folder} is not visible on Ray node {node.get('NodeManagerAddress')} ({host}): "
+                         f"{fix}")
+
+
+def _missing(folders: list[str]) -> tuple[str, str] | None:
+    """The first of `folders` that is not a folder on this node, and the node's host name."""
+    for folder in folders:
+        if not Path(folder).is_dir():
+            return folder, socket.gethostname()
+    return None
 
 
 def _check_reachable(address: str | None, timeout: float = 10.0) -> None:

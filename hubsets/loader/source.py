@@ -23,15 +23,13 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from fsspec.implementations.local import LocalFileSystem
 
-from hubsets import errors
+from hubsets import errors, release
 
 IMAGE_BYTES = "images.list.element.bytes"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
 
 
 class DataError(errors.Error, RuntimeError):
@@ -220,8 +218,7 @@ def _card_patterns(fs: fsspec.AbstractFileSystem, root: str, config: str, split:
         raise FileNotFoundError(f"{name}: no README.md with `configs:` in {root}; pass a parquet file or glob "
                                 "instead of a folder")
     with fs.open(card, "r", encoding="utf-8") as handle:
-        match = _FRONT_MATTER.match(handle.read())
-    header = yaml.safe_load(match.group(1)) if match else None
+        header = release.front_matter(handle.read())  # the card parser of the build (no YAML aliases)
     configs = header.get("configs") if isinstance(header, dict) else None
     if not configs:
         raise ValueError(f"{name}: the card {card} has no `configs:` in its YAML header")
