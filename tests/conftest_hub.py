@@ -164,14 +164,16 @@ def moto_s3(cache: Path) -> Any:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ENDPOINT_URL", endpoint)
-        for name, value in S3_CREDENTIALS.items():
-            env.setenv(name, value)
-        env.setenv("HUBSETS_CACHE", str(cache))
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
-        yield endpoint
-    server.stop()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ENDPOINT_URL", endpoint)
+            for name, value in S3_CREDENTIALS.items():
+                env.setenv(name, value)
+            env.setenv("HUBSETS_CACHE", str(cache))
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
+            yield endpoint
+    finally:  # also when the generator is closed early
+        server.stop()
 
 
 def s3_objects(prefix: str) -> dict[str, bytes]:
