@@ -161,7 +161,7 @@ def required_io(src: Path, out: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of the I/O any build of this input must do, with no per-row work: read every input
     file (image column dictionary-decoded, as the builder reads it), write its bytes once as the writer does
     (content-defined chunking, page index, images stored as is), and sha256 the written file for the manifest."""
-    from hubsets.sources import _binary_leaves
+    from hubsets.sources.parquet import _binary_leaves
 
     wall, cpu = time.perf_counter(), time.process_time()
     out.mkdir(parents=True)
