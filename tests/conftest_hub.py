@@ -7,6 +7,7 @@ The server runs as a separate process (`python -m hubsets.server`), so it can be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -170,7 +171,8 @@ def moto_s3(cache: Path) -> Any:
             for name, value in S3_CREDENTIALS.items():
                 env.setenv(name, value)
             env.setenv("HUBSETS_CACHE", str(cache))
-            s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
+            with contextlib.suppress(FileExistsError):  # moto's state outlives a server in this process
+                s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
             yield endpoint
     finally:  # also when the generator is closed early
         server.stop()
