@@ -257,3 +257,20 @@ def test_cli_push_quiet_prints_only_the_summary(server, tmp_path_factory, tmp_pa
     captured = capsys.readouterr()
     assert captured.err.startswith("push: ") and "to upload" in captured.err  # not a terminal: status lines
     assert captured.out.startswith("pushed org/quiet@main: ")
+
+
+def _rchar() -> int:
+    return next(int(line.split()[1]) for line in open("/proc/self/io") if line.startswith("rchar:"))
+
+
+def test_push_reads_each_shard_twice_validate_and_upload(server, tmp_path_factory, tmp_path):
+    """validate hashes every shard against the manifest; push then trusts those digests instead of hashing the
+    folder a second time, so the shards are read twice (validate, upload), not three times."""
+    push(built_copy(tmp_path_factory, tmp_path / "warm"), "org/warm-reads", endpoint=server.url, token=False)
+    folder = built_copy(tmp_path_factory, tmp_path / "reads", images=60, seed=3)
+    shards = sum(e["bytes"] for e in manifest(folder)["files"].values())
+    before = _rchar()
+    result = push(folder, "org/reads", endpoint=server.url, token=False)
+    read = _rchar() - before
+    assert len(result.added) == len(folder_digests(folder))
+    assert 1.9 * shards <= read < 2.5 * shards, (read, shards)
