@@ -423,3 +423,20 @@ def test_unreferenced_blobs_are_collected_on_restart_and_by_gc(tmp_path, capsys)
         reply = exchange(server.port, b"GET /datasets/org/gc/resolve/main/k.bin HTTP/1.1\r\nHost: x\r\n"
                                       b"Connection: close\r\n\r\n")
         assert statuses(reply) == [200] and reply.endswith(kept)
+
+
+def test_expect_100_continue_is_answered_only_when_the_body_is_read(local):
+    """A body over the endpoint's cap is refused on its headers: the client that waits for `100 Continue`
+    gets the final 413 instead, never a 100 (which would make it send the gigabyte), and the connection
+    closes. A body the server reads gets its 100 first, then the answer."""
+    huge = post("Content-Length: 5000000000\r\nExpect: 100-continue\r\n", b"")
+    received = exchange(local.port, huge)
+    assert b" 100 Continue" not in received and statuses(received) == [413], received[:300]
+    with socket.create_connection(("127.0.0.1", local.port), timeout=5) as sock:
+        sock.sendall(post(f"Content-Length: {len(VALID)}\r\nExpect: 100-continue\r\nConnection: close\r\n", b""))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # asked for the body: send it now
+        sock.sendall(VALID)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert statuses(answer) == [200], answer[:300]

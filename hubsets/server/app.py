@@ -224,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         body: Body | None = None
         hub = self.server.hub
         try:
-            body = Body(self.rfile, self.headers, self.request_version)
+            body = Body(self.rfile, self.headers, self.request_version, self._continue if self._expecting else None)
             call = Call(parse_query(query), self.headers, body, self.server.public_url, None, out)
             call.identity = hub.auth.identify(self.headers.get("Authorization"))
             _route(hub, call, method, raw_path.split("/")[1:])
@@ -240,8 +240,23 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("internal error on %s %s", method, raw_path)
             self._fail(out, HubError(500, "internal server error (see the server log)"))
         finally:
-            if body is None or not body.done:
+            if body is not None and body.awaiting_continue is not None and not body.done:
+                self.close_connection = True  # no 100 sent: the client may hold its body back, or send it
+            elif body is None or not body.done:
                 self._drain(body)
+            self._expecting = False
+
+    _expecting = False
+
+    def handle_expect_100(self) -> bool:
+        """Answer `Expect: 100-continue` only when the body is read (`Body`), not before routing as the stdlib
+        does: a request refused on its headers is answered without the client sending the body."""
+        self._expecting = True
+        return True
+
+    def _continue(self) -> None:
+        self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode("latin-1"))
+        self.wfile.flush()
 
     def _fail(self, out: Responder, err: HubError) -> None:
         if out.status:  # the answer already started: the only honest signal left is closing the connection

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from io import BufferedIOBase
@@ -42,8 +42,13 @@ class Body:
     bytes after the error are never read as another request.
     """
 
-    def __init__(self, rfile: BufferedIOBase, headers: Message, version: str = "HTTP/1.1") -> None:
+    def __init__(self, rfile: BufferedIOBase, headers: Message, version: str = "HTTP/1.1",
+                 send_continue: Callable[[], None] | None = None) -> None:
         self._rfile = rfile
+        self.awaiting_continue = send_continue
+        """Set while a client's `Expect: 100-continue` is unanswered: `100 Continue` goes out just before the
+        first read, so a request refused first (too large, no access, unknown repo) never makes the client
+        send its body; the connection is then closed rather than drained."""
         self.broken = False
         self.done = False
         self.length: int | None = None
@@ -90,6 +95,9 @@ class Body:
         """Up to `n` bytes; b"" once the body is over (or the client hung up: the caller compares sizes)."""
         if self.done:
             return b""
+        if self.awaiting_continue is not None:
+            self.awaiting_continue()
+            self.awaiting_continue = None
         if self.chunked and self._left == 0:
             self._left = self._next_chunk_size()
             if self._left == 0:
