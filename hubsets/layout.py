@@ -3,6 +3,7 @@
     OUT/README.md              the card (YAML configs + prose)
     OUT/hubsets.json           the manifest: written last, so a folder without it is unfinished
     OUT/data/<origin>/<signature>/<split>-<task>-<n>.parquet   the shards, one set per build task
+    OUT/data/<origin>/<signature>/<split>-<task>-<n>-c.parquet the small shards from <task>-<n> on, merged
     OUT/rejects/rejects.jsonl  every rejected row with its reason
     OUT/.hubsets-build/        task records (resume journal); OUT/.cache/ builders' caches;
     OUT/.hubsets.lock          the build lock; OUT/.hubsets-push/ push's rewritten card
@@ -41,6 +42,13 @@ def shard_name(split: str, task: int, n: int) -> str:
     """File name of shard `n` that task number `task` (plan order) writes for one partition and split:
     sorted names keep plan order, and the Hub's `<split>-*` glob selects them."""
     return f"{split}-{task:05d}-{n:03d}.parquet"
+
+
+def compacted_name(split: str, task: int, n: int) -> str:
+    """File name of the file that merges a partition's consecutive small shards, the first being
+    `shard_name(split, task, n)`: it sorts where that one sorted ("-" < "."), no task writes it, and the Hub's
+    `<split>-*` glob selects it."""
+    return f"{split}-{task:05d}-{n:03d}-c.parquet"
 
 
 def parquet_files(folder: Path) -> Iterable[Path]:

@@ -7,8 +7,9 @@ the partitions it touches, then publishes a small record (counters, rejects, the
 Tasks already recorded by an earlier run with the same inputs and options are not redone, so a build
 killed at any moment, driver or workers, resumes where it was; workers die with their driver. Duplicate
 ids across tasks are found from the recorded digests (`dedupe`) and removed by rewriting only the
-affected partitions of the later task. The output is a deterministic function of the input and options:
-byte-identical whatever the runner, the worker count or the resumes.
+affected partitions of the later task. Then each partition's consecutive small files are merged into files
+near the writer's `max_file_bytes` (`compact`), again by the workers. The output is a deterministic function
+of the input and options: byte-identical whatever the runner, the worker count or the resumes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import hubsets
 from hubsets import card, layout, lock, progress, registry, settings, sources
-from hubsets.build import dedupe, output
+from hubsets.build import compact, dedupe, output
 from hubsets.build.output import Output
 from hubsets.build.shards import WrittenFile, describe
 from hubsets.build.task import Records, TaskStats, run_task, task_key
@@ -79,7 +80,7 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
         _check_inputs(options.source, tasks)
         started = time.time()
         records = Records(out)
-        shard_options = writer_options or {}
+        shard_options, compacting = compact.split_options(writer_options)
         keys = [task_key(builder, task, options, shard_options) for task in tasks]
         if len(set(keys)) != len(keys):
             raise BuildError(f"the {name} builder planned the same task twice; this is a bug in its plan()")
@@ -105,8 +106,9 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
                          [_where(task) for _, task, _ in todo], on_done=shown.done)
             _check_visible(records, [key for _, _, key in todo])
             _dedupe(pool, out, records, name, tasks, keys, options, shard_options)
+            rerun, groups = _compact(pool, out, records, name, tasks, keys, options, shard_options, compacting)
             stats = [records.stats(key) for key in keys]
-            files = sorted((f for s in stats for f in s.written()), key=lambda f: f.path)
+            files = compact.files(out, groups)
             read, rejects, bad_files = _collect(out, records, keys, stats, builder, extra)
         except OSError as exc:
             raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
@@ -114,7 +116,8 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
         # statistics across tasks, from the written files' columns (e.g. split overlap)
         extra.update(hook(builder, "output_stats")(out, [f.path for f in files]))
         manifest = _manifest(builder, options, files, read, rejects, bad_files, extra, allow_bad_files, started,
-                             {"tasks": len(tasks), "run": len(todo), "reused": len(tasks) - len(todo)})
+                             {"tasks": len(tasks), "run": len(todo) + rerun,
+                              "reused": len(tasks) - len(todo) - rerun})
         _check_accounting(manifest)
         out.write_text(layout.CARD, card.render(builder, manifest))
         out.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -184,13 +187,15 @@ def _check_visible(records: Records, keys: list[str], patience: float = 10.0) ->
 
 def _check_records(out: Output, records: Records, keys: list[str]) -> list[str]:
     """Drop finished records whose shards are not there as recorded (deleted, or a rewrite that a kill
-    interrupted): their tasks run again. Costs one listing of the shards."""
+    interrupted) nor merged by a finished compaction: their tasks run again. Costs one listing of the shards."""
     bad = []
     present = out.files(layout.DATA)
+    merged = compact.covered(compact.finished(out, present))
     for key in keys:
         if records.done(key):
             for entry in records.stats(key).files:
-                if present.get(entry["path"]) != entry["bytes"]:
+                if (present.get(entry["path"]) != entry["bytes"]
+                        and (entry["path"], entry["bytes"], entry["sha256"]) not in merged):
                     records.remove(key)
                     bad.append(key)
                     break
@@ -199,13 +204,19 @@ def _check_records(out: Output, records: Records, keys: list[str]) -> list[str]:
 
 def _renumber(out: Output, records: Records, keys: list[str]) -> None:
     """Rename the shards of finished tasks whose place in the plan changed (an input file was added or
-    removed before them), so names keep following the plan; in two steps, as new names may be old ones."""
+    removed before them), so names keep following the plan; in two steps, as new names may be old ones.
+    A task whose files a compaction merged (and deleted) runs again instead."""
     moves: list[tuple[str, TaskStats, list[tuple[PurePosixPath, PurePosixPath]]]] = []
+    present: dict[str, int] | None = None
     for index, key in enumerate(keys):
         if not records.done(key):
             continue
         stats = records.stats(key)
         if stats.index == index:
+            continue
+        present = out.files(layout.DATA) if present is None else present
+        if any(entry["path"] not in present for entry in stats.files):
+            records.remove(key)
             continue
         pairs = []
         for entry in stats.files:
@@ -226,9 +237,10 @@ def _renumber(out: Output, records: Records, keys: list[str]) -> None:
 
 
 def _sweep(out: Output, records: Records, keys: list[str]) -> None:
-    """Remove what no finished task claims: shards of tasks killed midway or no longer planned, temp files,
-    the previous rejects and card (written again at the end)."""
+    """Remove what no finished task or compaction claims: shards of tasks killed midway or no longer planned,
+    temp files, the previous rejects and card (written again at the end)."""
     claimed = {entry["path"] for key in keys if records.done(key) for entry in records.stats(key).files}
+    claimed |= {record["output"]["path"] for record in compact.finished(out).values()}
     for rel in sorted(out.files(layout.DATA)):
         if rel not in claimed:
             out.remove(rel)
@@ -251,18 +263,46 @@ def _dedupe(pool: _Pool, out: Output, records: Records, name: str, tasks: list[T
         for position, drops in result.items():
             found[position].update(drops)
     redo, apply = [], []
+    present: dict[str, int] | None = None
     for position, key in enumerate(keys):
         want = sorted(found.get(position, ()))
-        have = records.stats(key).dropped
+        stats = records.stats(key)
+        have = stats.dropped
         if want == have:
             continue
-        if not set(have) <= set(want):
+        present = out.files(layout.DATA) if present is None else present
+        merged = any(entry["path"] not in present for entry in stats.files)  # a compaction holds them now
+        if merged or not set(have) <= set(want):
             records.remove(key)
             redo.append((name, tasks[position], position, options, out, key, shard_options))
         if want:
             apply.append((out, key, want, shard_options))
     pool.run(run_task, redo, [_where(call[1]) for call in redo])
     pool.run(dedupe.apply, apply, [f"dropping duplicate ids from {len(call[2])} rows" for call in apply])
+
+
+def _compact(pool: _Pool, out: Output, records: Records, name: str, tasks: list[Task], keys: list[str],
+             options: Options, shard_options: dict[str, Any], enabled: bool) -> tuple[int, list[compact.Group]]:
+    """Merge each partition's consecutive small files (`compact`); returns how many tasks had to run again
+    (files they wrote were merged by a compaction that no longer applies: its inputs changed) and the groups."""
+    rerun = 0
+    while True:
+        groups = compact.plan(records, keys, shard_options, enabled)
+        lost = compact.unbacked(out, records, keys, groups)
+        if not lost:
+            break
+        rerun += len(lost)
+        for position in lost:
+            records.remove(keys[position])
+        pool.run(run_task, [(name, tasks[p], p, options, out, keys[p], shard_options) for p in lost],
+                 [_where(tasks[p]) for p in lost])
+        _dedupe(pool, out, records, name, tasks, keys, options, shard_options)
+    left, leftovers = compact.todo(out, groups)
+    for rel in leftovers:  # of groups finished by a run killed before it deleted them
+        out.remove(rel)
+    pool.run(compact.run_group, [(out, g, shard_options) for g in left],
+             [f"merging {len(g.inputs)} files into {g.output}" for g in left])
+    return rerun, groups
 
 
 def _collect(out: Output, records: Records, keys: list[str], stats: list[TaskStats], builder: Builder,

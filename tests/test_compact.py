@@ -1,0 +1,185 @@
+"""Small shards are merged after dedupe: one pass on the workers, resumable, deterministic (`build.compact`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hubsets.build import build, compact
+from hubsets.builder import Options
+from hubsets.testing import samples
+from hubsets.validate import validate_folder
+
+OFF = {compact.OPTION: False}
+BUILD = """
+import sys
+from pathlib import Path
+from hubsets.build import build
+from hubsets.builder import Options
+build("skvqa", Options(source=Path(sys.argv[1])), Path(sys.argv[2]), progress=False, workers=int(sys.argv[3]))
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compact-src")
+    samples.make_skvqa(root, images=48, qa_per_image=3, files=8, size=(160, 120))
+    return root
+
+
+@pytest.fixture(scope="module")
+def uncompacted(source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compact-off") / "out"
+    build("skvqa", Options(source=source), out, progress=False, writer_options=OFF)
+    return out
+
+
+@pytest.fixture(scope="module")
+def compacted(source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compact-on") / "out"
+    build("skvqa", Options(source=source), out, progress=False)
+    return out
+
+
+def published(out: Path) -> dict[str, bytes]:
+    """Every published file's bytes, the manifest without its build date: what must match byte for byte."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+    manifest = json.loads(files["hubsets.json"])
+    manifest.pop("provenance")
+    return {**files, "hubsets.json": json.dumps(manifest, sort_keys=True).encode()}
+
+
+def shards(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in (out / "data").rglob("*.parquet"))
+
+
+def config_rows(out: Path) -> dict[str, dict[str, list[dict]]]:
+    """config -> split -> its rows, read with pyarrow from the card's globs in sorted file order."""
+    manifest = json.loads((out / "hubsets.json").read_text())
+    result: dict[str, dict[str, list[dict]]] = {}
+    for name, config in manifest["configs"].items():
+        for split, globs in config["data_files"].items():
+            paths = sorted({p for g in globs for p in out.glob(g)})
+            result.setdefault(name, {})[split] = [r for p in paths for r in pq.read_table(p).to_pylist()]
+    return result
+
+
+def test_small_files_become_one_per_partition_with_the_same_rows_in_the_same_order(uncompacted, compacted):
+    before, after = shards(uncompacted), shards(compacted)
+    manifest = json.loads((compacted / "hubsets.json").read_text())
+    partitions = {(p["origin"], p["signature"]) for p in manifest["partitions"]}
+    assert len(before) > 2 * len(partitions)  # several small files per partition to start with
+    assert len(after) == len(partitions) and sorted(manifest["files"]) == after
+    assert any(rel.endswith("-c.parquet") for rel in after)
+    assert not list((compacted / compact.COMPACT).glob(".*"))  # no temp folder left
+    assert config_rows(compacted) == config_rows(uncompacted)
+    assert validate_folder(compacted) == []
+    for rel in after:  # row groups re-formed: a merged file of small inputs is one row group
+        assert pq.ParquetFile(compacted / rel).metadata.num_row_groups == 1
+
+
+def test_datasets_reads_the_same_records_in_the_same_order(uncompacted, compacted):
+    import datasets
+
+    def load(out: Path, globs: list[str]) -> list[dict]:
+        files = sorted(str(p) for g in globs for p in out.glob(g))
+        table = datasets.load_dataset("parquet", data_files={"train": files}, split="train").data.table
+        return table.to_pylist()
+
+    manifest = json.loads((compacted / "hubsets.json").read_text())
+    for name, config in manifest["configs"].items():
+        globs = config["data_files"]["train"]
+        assert load(compacted, globs) == load(uncompacted, globs), name
+
+
+def test_workers_1_and_2_give_byte_identical_output(source, compacted, tmp_path):
+    build("skvqa", Options(source=source), tmp_path / "two", progress=False, workers=2)
+    assert published(tmp_path / "two") == published(compacted)
+
+
+def test_sigkill_during_compaction_then_the_same_command_is_identical(source, compacted, tmp_path):
+    """Killed once the first group is recorded and before its inputs are deleted (the hook holds it there),
+    the folder is not a finished build; the same command then finishes it byte-identical."""
+    out = tmp_path / "out"
+    env = {**os.environ, compact.PAUSE_ENV: "30"}
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(source), str(out), "1"], env=env)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list((out / compact.COMPACT).glob("*.json")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list((out / compact.COMPACT).glob("*.json"))) == 1
+    assert validate_folder(out) != []
+    build("skvqa", Options(source=source), out, progress=False)
+    assert published(out) == published(compacted)
+    assert json.loads((out / "hubsets.json").read_text())["provenance"]["tasks"]["run"] == 0
+
+
+def test_a_changed_input_after_a_compacted_build_rebuilds_like_a_fresh_build(source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    out = tmp_path / "out"
+    build("skvqa", Options(source=src), out, progress=False)
+    target = sorted((src / "data").glob("*.parquet"))[3]
+    table = pq.read_table(target)
+    pq.write_table(table.slice(1), target)  # one row fewer: that task's files change, and the groups holding them
+    build("skvqa", Options(source=src), out, progress=False)
+    build("skvqa", Options(source=src), tmp_path / "fresh", progress=False)
+    assert published(out) == published(tmp_path / "fresh")
+    tasks = json.loads((out / "hubsets.json").read_text())["provenance"]["tasks"]
+    # the changed task, and those whose files were merged with its (here: all, one group per partition)
+    assert tasks["run"] > 1 and tasks["run"] + tasks["reused"] == tasks["tasks"]
+    assert validate_folder(out) == []
+
+
+def test_a_new_duplicate_in_an_earlier_task_reruns_the_merged_later_task(source, tmp_path):
+    """The first input gains a row of the last one: the last task (its files merged away) must drop that id,
+    which needs its files: it runs again, is rewritten by dedupe, and its groups are merged anew."""
+    import pyarrow as pa
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    out = tmp_path / "out"
+    build("skvqa", Options(source=src), out, progress=False)
+    inputs = sorted((src / "data").glob("*.parquet"))
+    pq.write_table(pa.concat_tables([pq.read_table(inputs[0]), pq.read_table(inputs[-1]).slice(0, 1)]), inputs[0])
+    build("skvqa", Options(source=src), out, progress=False)
+    build("skvqa", Options(source=src), tmp_path / "fresh", progress=False)
+    assert published(out) == published(tmp_path / "fresh")
+    assert json.loads((out / "hubsets.json").read_text())["rejects"]["by_reason"].get("duplicate_id")
+    assert validate_folder(out) == []
+
+
+def test_an_earlier_duplicate_renumbers_and_dedupes_merged_tasks(source, tmp_path):
+    """A copy of the last input sorted first: every task moves one place (their merged files are gone, so
+    they run again) and the original's rows become duplicates of the copy's (dedupe rewrites them)."""
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    out = tmp_path / "out"
+    build("skvqa", Options(source=src), out, progress=False)
+    last = sorted((src / "data").glob("*.parquet"))[-1]
+    shutil.copy(last, src / "data" / "a-copy.parquet")
+    build("skvqa", Options(source=src), out, progress=False)
+    build("skvqa", Options(source=src), tmp_path / "fresh", progress=False)
+    assert published(out) == published(tmp_path / "fresh")
+    assert validate_folder(out) == []
+
+
+def test_turning_compaction_off_after_a_compacted_build_gives_the_uncompacted_build(source, uncompacted, tmp_path):
+    out = tmp_path / "out"
+    build("skvqa", Options(source=source), out, progress=False)
+    build("skvqa", Options(source=source), out, progress=False, writer_options=OFF)
+    assert published(out) == published(uncompacted)
+    assert not list((out / compact.COMPACT).glob("*"))
+    build("skvqa", Options(source=source), out, progress=False)  # and on again
+    assert shards(out) == sorted(json.loads((out / "hubsets.json").read_text())["files"])
