@@ -95,6 +95,8 @@ def test_s3_build_is_byte_identical_to_a_local_build(built, local):
     assert comparable(remote) == comparable(local)  # every shard, the card, the rejects, the manifest
     shards = [k for k in remote if k.startswith("data/")]
     assert len(shards) >= 4 and all(k.endswith(".parquet") for k in shards)
+    assert any(k.endswith("-c.parquet") for k in shards)  # small task files merged, on S3 as locally
+    assert any(k.startswith(".hubsets-build/compact/") for k in remote)
     manifest = json.loads(remote["hubsets.json"])
     assert manifest["provenance"]["tasks"] == {"tasks": 4, "run": 4, "reused": 0}
     records = {k.split("/")[2] for k in remote if k.startswith(".hubsets-build/tasks/")}
@@ -168,6 +170,32 @@ def test_sigkill_mid_s3_build_then_resume_is_identical(s3, source, local):
     assert comparable(remote) == comparable(local)
     tasks = json.loads(remote["hubsets.json"])["provenance"]["tasks"]
     assert tasks["reused"] >= 1 and tasks["run"] == 4 - tasks["reused"]
+
+
+def test_sigkill_during_s3_compaction_then_resume_is_identical(s3, source, local):
+    """Killed after the first merged file's record, before its inputs are deleted (the test hook holds it
+    there): the same command finishes the S3 folder byte-identical to the local build, redoing no task."""
+    import s3fs
+
+    from hubsets.build import compact
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    url = f"s3://{BUCKET}/killed-compact"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(source), url], cwd=REPO_ROOT,
+                            env={**os.environ, compact.PAUSE_ENV: "30"})
+    deadline = time.monotonic() + 60
+    recorded = 0
+    while recorded < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        fs.invalidate_cache()
+        recorded = len(fs.glob(f"{BUCKET}/killed-compact/{compact.COMPACT}/*.json"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert recorded == 1
+    build("skvqa", Options(source=source), url, progress=False)
+    remote = objects("killed-compact")
+    assert comparable(remote) == comparable(local)
+    assert json.loads(remote["hubsets.json"])["provenance"]["tasks"]["run"] == 0
 
 
 def test_storage_options_are_refused_for_a_local_folder_and_must_be_json(source, tmp_path, capsys):
