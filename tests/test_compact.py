@@ -183,3 +183,25 @@ def test_turning_compaction_off_after_a_compacted_build_gives_the_uncompacted_bu
     assert not list((out / compact.COMPACT).glob("*"))
     build("skvqa", Options(source=source), out, progress=False)  # and on again
     assert shards(out) == sorted(json.loads((out / "hubsets.json").read_text())["files"])
+
+
+def test_files_of_different_splits_in_one_folder_are_never_merged(tmp_path):
+    """ALLaVA keeps `caption` and `instruct` files side by side in data/<origin>/none/: a group is one folder and
+    one split, so every config/split reads exactly the rows of the uncompacted build."""
+    sample = samples.make_allava(tmp_path / "ALLaVA-4V", malformed=True)
+    folders = {}
+    for compacted in (False, True):
+        out = tmp_path / f"built-{compacted}"
+        build("allava", Options(source=sample.root, settings=sample.settings), out, progress=False,
+              allow_bad_files=True, writer_options={"compact": compacted})
+        folders[compacted] = out
+    rows = {}
+    for compacted, out in folders.items():
+        manifest = json.loads((out / "hubsets.json").read_text())
+        rows[compacted] = {(config, split): [i for g in globs for p in sorted(out.glob(g))
+                                             for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+                           for config, c in manifest["configs"].items() for split, globs in c["data_files"].items()}
+        for path in (out / "data").rglob("*.parquet"):
+            split = path.name.split("-")[0]
+            assert all(f"/{split}/" in i for i in pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    assert rows[True] == rows[False] and all(rows[True].values())

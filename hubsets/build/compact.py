@@ -80,10 +80,10 @@ def split_options(writer_options: dict[str, Any] | None) -> tuple[dict[str, Any]
 def plan(records: Records, keys: list[str], writer_options: dict[str, Any], enabled: bool = True) -> list[Group]:
     """Every task file, in groups (partition, then name order); all groups of one when not `enabled`."""
     limit = int(writer_options.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
-    by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for key in keys:
+    by_partition: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for key in keys:  # a partition is a folder *and* a split: the folder holds every split's files
         for entry in records.stats(key).files:
-            by_partition[str(PurePosixPath(entry["path"]).parent)].append(entry)
+            by_partition[(str(PurePosixPath(entry["path"]).parent), entry["partition"]["split"])].append(entry)
     groups = []
     for _, entries in sorted(by_partition.items()):
         entries.sort(key=lambda e: e["path"])
