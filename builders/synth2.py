@@ -44,6 +44,7 @@ from hubsets.builder import READS, BuildError, Config, Item, Options, Reject, Ro
 from hubsets.filters import Filter
 from hubsets.schema import Record, empty_record
 from hubsets.settings import Setting
+from hubsets.sources import tensors
 
 NAME = "synth2"
 DATASET = "synth2"
@@ -75,11 +76,7 @@ PAPER_RETENTION: dict[str, dict[str, float]] = {}
 CONFIGS = (Config("default", "every written (caption, embedding) pair", lambda p: True, default=True),)
 
 SOURCE_FILES = ("captions.jsonl", "captions.parquet")
-DTYPES = ("float16", "bfloat16", "float32", "int32")
-_NUMPY_DTYPES = {("f", 2): "float16", ("f", 4): "float32", ("i", 4): "int32"}
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "I32": "int32"}
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4}
-_LE = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "int32": "<i4"}
+DTYPES = tensors.DTYPES
 _ROW_KEYS = ("id", "caption", "embedding_file", "embedding_row", "embedding", "tensor")
 MAX_ID_CHARS = 200
 """Longest upstream id accepted (it becomes part of the record id)."""
@@ -130,9 +127,9 @@ class Settings:
     text_embeddings: bool
 
 
-def settings(values: Mapping[str, str]) -> Settings:
-    """Parse `--set` values (`hubsets.settings`); `BuildError` without an encoder."""
-    v = setting_keys.parse(NAME, SETTINGS, values)
+def settings(v: Mapping[str, Any]) -> Settings:
+    """The typed `--set` values (`Options.values`, parsed by `hubsets.settings.bind`) as `Settings`;
+    `BuildError` without an encoder."""
     encoder = (v["encoder"] or "").strip()
     if not encoder:
         raise BuildError("synth2 needs --set encoder=NAME: the model that produced the embeddings (e.g. the VQ-GAN "
@@ -142,230 +139,15 @@ def settings(values: Mapping[str, str]) -> Settings:
                     captions.prompt({"caption_prompt": v["caption_prompt"]}), v["text_embeddings"])
 
 
-# --- embeddings ------------------------------------------------------------------------------------------
+# --- embeddings: which fields name them (the format readers are hubsets.sources.tensors) ---------------
 
-@dataclass(frozen=True)
-class Embedding:
-    dtype: str
-    shape: tuple[int, ...]
-    data: bytes
-    """Raw little-endian bytes (bfloat16: the upper 16 bits of float32, as uint16)."""
-    source: dict[str, Any]
+Embedding = tensors.Tensor
+"""A row's embedding (`hubsets.sources.tensors.Tensor`: dtype, shape, little-endian bytes, source)."""
 
 
-def bf16_from_float(values: np.ndarray) -> np.ndarray:
-    """float -> bfloat16 bit patterns (little-endian uint16), via float32, rounding to nearest even."""
-    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4").astype(np.uint64)
-    out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-    out[np.isnan(values)] = 0x7FC0
-    return out
-
-
-def _finite(dtype: str, array: np.ndarray) -> int:
-    """Number of NaN/Inf values."""
-    if dtype == "int32":
-        return 0
-    if dtype == "bfloat16":
-        return int(np.count_nonzero((array.astype(np.uint16) & 0x7F80) == 0x7F80))
-    return int(array.size - np.count_nonzero(np.isfinite(array)))
-
-
-def _check_shape(shape: tuple[int, ...]) -> None:
-    if not shape or any(d < 1 for d in shape):
-        raise RowError("bad_shape", f"shape {list(shape)} must have at least one dimension, none of them 0")
-
-
-def _finish(dtype: str, array: np.ndarray, source: dict[str, Any]) -> Embedding:
-    shape = tuple(int(d) for d in array.shape)
-    _check_shape(shape)
-    bad = _finite(dtype, array)
-    if bad:
-        raise RowError("non_finite", f"{bad} of {array.size} values are NaN or infinite")
-    data = np.ascontiguousarray(array).astype(_LE[dtype], copy=False).tobytes()
-    return Embedding(dtype, shape, data, source)
-
-
-def npy_header(path: Path, rel: str) -> tuple[tuple[int, ...], np.dtype, str]:
-    """(shape, dtype, dtype name) from a `.npy` header alone; `RowError` unless it is one of `DTYPES` and the
-    file holds all the bytes the header announces."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, OSError, SyntaxError) as exc:
-            raise RowError("bad_embedding", f"{rel}: not a .npy file ({exc})") from None
-        data_start = f.tell()
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise RowError("wrong_dtype", f"{rel}: dtype {dtype} is not numeric (object arrays are never unpickled)")
-    name = _NUMPY_DTYPES.get((dtype.kind, dtype.itemsize))
-    if name is None:
-        raise RowError("wrong_dtype", f"{rel}: dtype {dtype.name} ({dtype.str}) is not one of {', '.join(DTYPES)} "
-                        "(.npy cannot hold bfloat16: use .safetensors)")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if data_start + nbytes > path.stat().st_size:
-        raise RowError("bad_embedding", f"{rel}: the header announces {list(shape)} ({nbytes:,} bytes) but the file "
-                        f"is {path.stat().st_size:,} bytes (a truncated download?)")
-    return tuple(int(d) for d in shape), dtype, name
-
-
-def _row_of(shape: tuple[int, ...], index: int, rel: str) -> tuple[int, ...]:
-    """The shape of one row of a shared matrix, checking `index` against it."""
-    if len(shape) < 2:
-        raise RowError("bad_shape", f"{rel}: embedding_row needs a matrix with one embedding per row; its shape "
-                        f"is {list(shape)}")
-    if index >= shape[0]:
-        raise RowError("embedding_row_out_of_range", f"{rel}: embedding_row {index}, but the matrix has "
-                        f"{shape[0]:,} rows")
-    return shape[1:]
-
-
-class _Matrices:
-    """Memory-mapped `.npy` matrices of recently used files (rows of one matrix are read one at a time)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self.cache: dict[Path, np.ndarray] = {}
-
-    def get(self, path: Path, rel: str) -> np.ndarray:
-        if path not in self.cache:
-            try:
-                matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise RowError("bad_embedding", f"{rel}: {exc}") from None
-            if len(self.cache) >= self.size:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[path] = matrix
-        return self.cache[path]
-
-
-def _from_npy(path: Path, rel: str, max_bytes: int, index: int | None = None,
-              matrices: _Matrices | None = None) -> Embedding:
-    """The whole file as one embedding, or row `index` of the matrix it holds (read through a memory map)."""
-    shape, dtype, name = npy_header(path, rel)
-    per_row = shape if index is None else _row_of(shape, index, rel)
-    nbytes = int(np.prod(per_row, dtype=np.int64)) * dtype.itemsize
-    if nbytes > max_bytes:
-        raise RowError("too_large", f"{rel}: {nbytes:,} bytes exceeds the {max_bytes:,}-byte cap")
-    if index is None:
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise RowError("bad_embedding", f"{rel}: {exc}") from None
-    else:
-        array = np.array((matrices or _Matrices()).get(path, rel)[index])
-    return _finish(name, array, {"file": rel, "tensor": None, "stored_as": dtype.str, "row": index})
-
-
-class _SafetensorsHeaders:
-    """Parsed `.safetensors` headers of recently used files (rows often share one file)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self.cache: dict[Path, tuple[dict[str, Any], int, int]] = {}
-
-    def get(self, path: Path, rel: str) -> tuple[dict[str, Any], int, int]:
-        """(header, offset of the data section, file size)."""
-        if path in self.cache:
-            return self.cache[path]
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise RowError("bad_embedding", f"{rel}: too short for a .safetensors file")
-            n = int.from_bytes(head, "little")
-            if n > min(100 << 20, file_size - 8):
-                raise RowError("bad_embedding", f"{rel}: header length {n:,} is impossible for a "
-                                f"{file_size:,}-byte file")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
-                raise RowError("bad_embedding", f"{rel}: header is not JSON ({str(exc)[:200]})") from None
-        if not isinstance(header, dict):
-            raise RowError("bad_embedding", f"{rel}: header is not a JSON object")
-        if len(self.cache) >= self.size:
-            self.cache.pop(next(iter(self.cache)))
-        self.cache[path] = (header, 8 + n, file_size)
-        return self.cache[path]
-
-
-def _from_safetensors(path: Path, rel: str, wanted: str | None, max_bytes: int,
-                      headers: _SafetensorsHeaders, index: int | None = None) -> Embedding:
-    header, data_start, file_size = headers.get(path, rel)
-    names = [k for k in header if k != "__metadata__"]
-    if len(names) == 1:
-        name = names[0]
-    elif wanted in names:
-        name = str(wanted)
-    else:
-        raise RowError("missing_tensor", f"{rel}: holds {len(names)} tensors ({', '.join(names[:5])}"
-                        f"{', ...' if len(names) > 5 else ''}) and none is named {wanted!r}")
-    info = header[name]
-    if not isinstance(info, dict):
-        raise RowError("bad_embedding", f"{rel}: tensor {name!r} has no description")
-    dtype = _SAFETENSORS_DTYPES.get(str(info.get("dtype")))
-    if dtype is None:
-        raise RowError("wrong_dtype", f"{rel}: tensor {name!r} is {info.get('dtype')}, not one of "
-                        f"{', '.join(_SAFETENSORS_DTYPES)}")
-    shape, offsets = info.get("shape"), info.get("data_offsets")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
-            or not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)):
-        raise RowError("bad_embedding", f"{rel}: tensor {name!r} has a malformed shape or data_offsets")
-    begin, end = offsets
-    nbytes = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
-    per_row = tuple(shape) if index is None else _row_of(tuple(shape), index, rel)
-    row_bytes = int(np.prod(per_row, dtype=np.int64)) * _ITEMSIZE[dtype]
-    if row_bytes > max_bytes:
-        raise RowError("too_large", f"{rel}: {row_bytes:,} bytes exceeds the {max_bytes:,}-byte cap")
-    if not 0 <= begin <= end or end - begin != nbytes or data_start + end > file_size:
-        raise RowError("bad_embedding", f"{rel}: tensor {name!r} offsets {offsets} do not match shape {shape} "
-                        f"({nbytes:,} bytes) within the {file_size:,}-byte file")
-    with open(path, "rb") as f:
-        f.seek(data_start + begin + (index or 0) * row_bytes)
-        raw = f.read(row_bytes)
-    array = np.frombuffer(raw, dtype=_LE[dtype]).reshape(per_row)
-    return _finish(dtype, array, {"file": rel, "tensor": name, "stored_as": str(info["dtype"]), "row": index})
-
-
-def _from_inline(value: Any, dtype: str, max_bytes: int) -> Embedding:
-    if not isinstance(value, list):
-        raise RowError("wrong_type", f"embedding must be a (nested) list of numbers, got {type(value).__name__}")
-    try:
-        array = np.array(value)
-    except ValueError as exc:
-        raise RowError("bad_shape", f"embedding is not rectangular ({str(exc).splitlines()[0][:120]})") from None
-    if array.dtype == object:
-        raise RowError("bad_shape", "embedding is not rectangular")
-    if array.size * _ITEMSIZE[dtype] > max_bytes:
-        raise RowError("too_large", f"{array.size * _ITEMSIZE[dtype]:,} bytes exceeds the {max_bytes:,}-byte cap")
-    if array.dtype.kind not in "iuf":
-        raise RowError("wrong_type", f"embedding values must be numbers, got {array.dtype.kind!r} values "
-                        f"({'booleans' if array.dtype.kind == 'b' else array.dtype.name})")
-    source = {"file": None, "tensor": None, "stored_as": "json", "row": None}
-    if dtype == "int32":
-        if array.dtype.kind == "f":
-            if _finite("float32", array):
-                raise RowError("non_finite", "int32 tokens include NaN or infinite values")
-            if not np.all(np.floor(array) == array):
-                raise RowError("wrong_dtype", "int32 tokens must be integers; found fractional values")
-        if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
-            raise RowError("wrong_dtype", "values do not fit in int32")
-        return _finish(dtype, array.astype(np.int32), source)
-    if dtype == "bfloat16":
-        _check_shape(tuple(array.shape))
-        if _finite("float32", array.astype(np.float64)):
-            raise RowError("non_finite", f"{_finite('float32', array.astype(np.float64))} of {array.size} values "
-                            "are NaN or infinite")
-        return _finish(dtype, bf16_from_float(array.astype(np.float32)), source)
-    with np.errstate(over="ignore"):
-        cast = array.astype(np.float16 if dtype == "float16" else np.float32)
-    return _finish(dtype, cast, source)
-
-
-def load_embedding(row: Mapping[str, Any], base: Path, s: Settings, headers: _SafetensorsHeaders | None = None,
-                   matrices: _Matrices | None = None, named_by: int = 0) -> Embedding:
+def load_embedding(row: Mapping[str, Any], base: Path, s: Settings,
+                   headers: tensors.SafetensorsHeaders | None = None, matrices: tensors.NpyMatrices | None = None,
+                   named_by: int = 0) -> Embedding:
     """The row's embedding, checked; `RowError` with a reject reason otherwise.
 
     `embedding_file` alone: the file is the row's embedding. With `embedding_row` (an integer): the file is a
@@ -383,7 +165,7 @@ def load_embedding(row: Mapping[str, Any], base: Path, s: Settings, headers: _Sa
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise RowError("wrong_type", f"embedding_row must be a row number (an integer >= 0), got {index!r}"[:200])
     if inline is not None:
-        return _from_inline(inline, s.dtype, s.max_bytes)
+        return tensors.inline(inline, s.dtype, max_bytes=s.max_bytes)
     if file is None:
         raise RowError("missing_embedding", "row has neither embedding_file nor embedding")
     if not isinstance(file, str) or not file.strip():
@@ -398,16 +180,18 @@ def load_embedding(row: Mapping[str, Any], base: Path, s: Settings, headers: _Sa
     if not path.is_file():
         raise RowError("missing_file", f"{file} not found under the source folder")
     try:
-        headers = headers or _SafetensorsHeaders()
-        if named_by > 1 and index is None and (suffix == "npy" or len(
-                [k for k in headers.get(path, file)[0] if k != "__metadata__"]) == 1):
+        headers = headers or tensors.SafetensorsHeaders()
+        if named_by > 1 and index is None and (suffix == "npy" or len(tensors.safetensors_names(path, file,
+                                                                                             headers)) == 1):
             raise RowError("shared_embedding_file", f"{file} is named by {named_by:,} rows without embedding_row: "
                            "a file shared by rows is a matrix of their embeddings, one per row, so each row must "
                            "give its embedding_row (stored whole, the whole matrix would land in every row)")
         if suffix == "npy":
-            return _from_npy(path, file, s.max_bytes, index, matrices)
+            if index is None:
+                return tensors.read_npy(path, file, max_bytes=s.max_bytes)
+            return tensors.read_npy_row(path, file, index, max_bytes=s.max_bytes, matrices=matrices)
         wanted = s.tensor or row.get("tensor") or str(row.get("id"))
-        return _from_safetensors(path, file, wanted, s.max_bytes, headers, index)
+        return tensors.read_safetensors(path, file, wanted, max_bytes=s.max_bytes, index=index, headers=headers)
     except OSError as exc:
         raise RowError("missing_file", f"{file}: {exc}") from None
 
@@ -454,8 +238,8 @@ class _Context:
     s: Settings
     shared: Mapping[str, int]
     """`_file_key` -> rows naming that file without `embedding_row` (only keys named by two rows or more)."""
-    headers: _SafetensorsHeaders = field(default_factory=_SafetensorsHeaders)
-    matrices: _Matrices = field(default_factory=_Matrices)
+    headers: tensors.SafetensorsHeaders = field(default_factory=tensors.SafetensorsHeaders)
+    matrices: tensors.NpyMatrices = field(default_factory=tensors.NpyMatrices)
 
 
 @dataclass(frozen=True)
@@ -499,13 +283,11 @@ def _check_clip(value: _ClipRow) -> _Accepted:
     id_column, caption_column, url_column = (value.fields[f] for f in CLIP_FIELDS)
     upstream_id = value.fallback_id if id_column is None else _row_id(value.values.get(id_column))
     caption = _caption(value.values.get(str(caption_column)))
-    kind = value.matrix.dtype
-    embedding = _finish(_NUMPY_DTYPES[(kind.kind, kind.itemsize)], np.array(value.matrix[value.row]),
-                        {"file": value.files["img"], "tensor": None, "stored_as": kind.str, "row": value.row})
+    embedding = tensors.matrix_row(value.matrix, value.row, str(value.files["img"]))
     text = None
     if value.text is not None:
-        name = _NUMPY_DTYPES[(value.text.dtype.kind, value.text.dtype.itemsize)]
-        vector = np.ascontiguousarray(value.text[value.row]).astype(_LE[name], copy=False)
+        name = tensors.dtype_name(value.text.dtype)
+        vector = np.ascontiguousarray(value.text[value.row]).astype(tensors.LITTLE_ENDIAN[name], copy=False)
         text = {"file": value.files["text"], "row": value.row, "dtype": name, "shape": list(vector.shape),
                 "stored_as": value.text.dtype.str, "data": base64.b64encode(vector.tobytes()).decode("ascii")}
     url = value.values.get(str(url_column))
@@ -574,11 +356,6 @@ def _inputs(source: Path) -> _Inputs:
     return _Inputs("clip", None, frozenset(shards.values()), ignored, snap)
 
 
-def _jsonl_rows(path: Path, offset: int = 0, first_row: int = 0, rows: int | None = None) -> Iterator[tuple[int, Any]]:
-    """Lines `first_row ..` from byte `offset` (blank lines skipped and counted, a BOM skipped: `sources`)."""
-    return sources.iter_jsonl(path, path.name, offset=offset, first_row=first_row, rows=rows)
-
-
 def _shared_files(source: Path, name: str) -> dict[str, int]:
     """Embedding files named by two rows or more without `embedding_row` (`_file_key` -> rows).
 
@@ -625,7 +402,7 @@ def _shared_files(source: Path, name: str) -> dict[str, int]:
 
 def plan(options: Options) -> list[Task]:
     """Fix the config's dtype and shape from the first acceptable row, then slice the rows into tasks."""
-    s = settings(options.settings)
+    s = settings(options.values)
     inputs = _inputs(options.source)
     if inputs.layout == "clip":
         return _clip_plan(options, s, inputs.shards)
@@ -728,7 +505,7 @@ def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mappin
     if meta is None:
         assert img is not None
         try:
-            rows = npy_header(source / img, img)[0][0]
+            rows = tensors.npy_header(source / img, img)[0][0]
         except (RowError, IndexError):
             rows = 1
         return _Shard(suffix, img, rows, files, ("missing_metadata", f"no {CLIP['meta'][0]}/{CLIP['meta'][1]}"
@@ -751,9 +528,9 @@ def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mappin
                        f"{', '.join(names)[:300]}); map yours with --column caption=NAME (or id=, url=)")
         return shard
     try:
-        shapes = {"img": npy_header(source / img, img)}
+        shapes = {"img": tensors.npy_header(source / img, img)}
         if files.get("text") and s.text_embeddings:
-            shapes["text"] = npy_header(source / files["text"], files["text"])
+            shapes["text"] = tensors.npy_header(source / files["text"], files["text"])
     except RowError as exc:
         shard.error = (exc.reason, exc.detail)
         return shard
@@ -767,9 +544,9 @@ def _clip_shard(source: Path, suffix: str, files: dict[str, str], fields: Mappin
                            f"they are not row-aligned, so no row can be paired with its caption{hint}")
         if shard.error:
             return shard
-    shape, dtype, name = shapes["img"]
+    shape, _, name = shapes["img"]
     shard.dtype, shard.row_shape = name, shape[1:]
-    shard.row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    shard.row_bytes = max(1, tensors.nbytes(shape[1:], name))
     if shard.row_bytes > s.max_bytes:
         shard.error = ("too_large", f"{img}: {shard.row_bytes:,} bytes per embedding exceeds the "
                        f"{s.max_bytes:,}-byte cap")
@@ -822,24 +599,24 @@ def _clip_rows(task: Task, source: Path) -> Iterator[tuple[int, Any]]:
     if o.get("error"):  # found unusable by plan: none of its rows is read (hubsets.builder)
         raise sources.SourceError(task.file, 0, *o["error"])
     try:
-        matrix = np.load(source / o["img"], mmap_mode="r", allow_pickle=False)
-        text = np.load(source / o["text"], mmap_mode="r", allow_pickle=False) if o.get("text") else None
-    except (ValueError, OSError) as exc:
-        raise sources.SourceError(task.file, o["start"], "bad_embedding", str(exc)[:200]) from None
+        matrix = tensors.open_npy(source / o["img"], o["img"])
+        text = tensors.open_npy(source / o["text"], o["text"]) if o.get("text") else None
+    except tensors.TensorError as exc:
+        raise sources.SourceError(task.file, o["start"], exc.reason, exc.detail[:200]) from None
     files = {"img": o["img"], "text": o.get("text")}
     for row, values in sources.iter_parquet(source / task.file, task.file, start=o["start"], stop=o["stop"]):
         yield row, _ClipRow(o["shard"], row, values, matrix, text, files, o["fields"])
 
 
 def read(task: Task, options: Options) -> Iterator[Item]:
-    s = settings(options.settings)
+    s = settings(options.values)
     ref = task.options["reference"]
     ctx = _Context(options.source, s, task.options.get("shared") or {})
     if task.options.get("layout") == "clip":
         rows: Iterator[tuple[int, Any]] = _clip_rows(task, options.source)
     elif task.file.endswith(".jsonl"):
-        rows = _jsonl_rows(options.source / task.file, task.options["offset"], task.options["first_row"],
-                           task.options["rows"])
+        rows = sources.iter_jsonl(options.source / task.file, task.file, offset=task.options["offset"],
+                                  first_row=task.options["first_row"], rows=task.options["rows"])
     else:
         rows = sources.iter_parquet(options.source / task.file, task.file, start=task.options["start"],
                                     stop=task.options["stop"])
@@ -900,7 +677,7 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     for key, n in sorted(stats.items()):
         if key.startswith("embedding:"):
             encoder, dtype, shape = key.removeprefix("embedding:").split("|")
-            size = int(np.prod([int(d) for d in shape.split("x")])) * _ITEMSIZE[dtype]
+            size = tensors.nbytes([int(d) for d in shape.split("x")], dtype)
             lines.append(f"| `{encoder}` | `{dtype}` | `[{shape.replace('x', ', ')}]` | {size:,} | {n:,} |")
     if len(lines) == 2:
         lines.append("| – | – | – | – | 0 |")

@@ -19,7 +19,7 @@ from hubsets.builders import allava, kale, stablellava, synth2
 from hubsets import cli
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
-from hubsets.settings import Setting, SettingError
+from hubsets.settings import Setting, SettingError, bind
 from hubsets.testing import samples
 
 NOT_NAMED = "not named by any config in the upstream README.md"
@@ -162,7 +162,7 @@ def test_synth2_reads_the_captions_or_shards_its_configs_name(tmp_path):
     (src / "data").mkdir()
     shutil.move(src / "captions.jsonl", src / "data" / "captions.jsonl")
     with pytest.raises(BuildError, match="holds neither"):
-        synth2.plan(Options(source=src, settings={"encoder": "e"}))
+        synth2.plan(bind(synth2, Options(source=src, settings={"encoder": "e"})))
     readme(src, "- config_name: default\n  data_files:\n  - split: train\n    path: data/captions.jsonl\n")
     manifest = build("synth2", Options(source=src, settings={"encoder": "e"}), tmp_path / "b", progress=False)
     assert summary(manifest) == summary(baseline) and manifest["origins"]["e"]["read"] == 6
@@ -170,7 +170,7 @@ def test_synth2_reads_the_captions_or_shards_its_configs_name(tmp_path):
     (src / "metadata" / "metadata_0.parquet").write_bytes(b"")
     readme(src, "- config_name: a\n  data_files: [data/captions.jsonl, metadata/metadata_0.parquet]\n")
     with pytest.raises(BuildError, match="keep one captions file or the clip-retrieval shards"):
-        synth2.plan(Options(source=src, settings={"encoder": "e"}))
+        synth2.plan(bind(synth2, Options(source=src, settings={"encoder": "e"})))
 
 
 @pytest.mark.parametrize("builder", [allava, kale, stablellava, synth2])

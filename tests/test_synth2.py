@@ -19,6 +19,8 @@ from hubsets.builders import synth2
 
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.settings import bind
+from hubsets.sources import tensors
 from hubsets.testing import samples
 from hubsets.validate import validate_folder
 
@@ -31,6 +33,11 @@ def decode(embedding: dict) -> np.ndarray:
     if embedding["dtype"] == "bfloat16":
         return (array.astype(np.uint32) << 16).view(np.float32)
     return array.astype(np.float32)
+
+
+def bound(source: Path, **settings: str) -> Options:
+    """Options as the build passes them to the builder: `--set` values parsed once (`hubsets.settings.bind`)."""
+    return bind(synth2, Options(source=source, settings=settings))
 
 
 def built(source: Path, out: Path, **settings: str) -> tuple[dict, object]:
@@ -91,8 +98,8 @@ def test_files_written_by_the_safetensors_library_are_read_exactly(tmp_path):
     assert np.array_equal(got["s1"], values) and np.array_equal(got["s2"], values)
     assert np.array_equal(got["s4"], -values)
     assert manifest["rejects"]["by_reason"] == {"missing_tensor": 1, "dtype_mismatch": 1}
-    assert synth2.load_embedding({"embedding_file": "bf.safetensors"}, src, synth2.settings({"encoder": "x"})).dtype \
-        == "bfloat16"
+    s = synth2.settings(bound(src, encoder="x").values)
+    assert synth2.load_embedding({"embedding_file": "bf.safetensors"}, src, s).dtype == "bfloat16"
 
 
 def planted(root: Path, canary: Path) -> dict[str, str]:
@@ -201,13 +208,13 @@ def test_parquet_source_and_small_tasks(tmp_path):
     manifest, ds = built(tmp_path / "src", tmp_path / "out", task_bytes="48")
     assert len(ds) == 11 and manifest["rejects"]["rows"] == 0
     # 16-byte embeddings, 3 rows per task, row groups of 5, 5, 1 rows: slices [0,3) [3,5) [5,8) [8,10) [10,11)
-    assert len(synth2.plan(Options(source=tmp_path / "src", settings={"encoder": "e", "task_bytes": "48"}))) == 5
+    assert len(synth2.plan(bound(tmp_path / "src", encoder="e", task_bytes="48"))) == 5
     assert {r["meta"]["upstream_id"] for r in ds} == {r["id"] for r in rows}
 
 
 def test_jsonl_tasks_split_by_byte_offset(tmp_path):
     samples.make_synth2(tmp_path / "src", dtype="float16", shape=(4, 8), rows=10)
-    tasks = synth2.plan(Options(source=tmp_path / "src", settings={"encoder": "e", "task_bytes": "200"}))
+    tasks = synth2.plan(bound(tmp_path / "src", encoder="e", task_bytes="200"))
     assert len(tasks) == 4  # 64-byte embeddings, 3 rows per task
     manifest, ds = built(tmp_path / "src", tmp_path / "out", task_bytes="200", dtype="float16")
     assert len(ds) == 10 and [r["meta"]["source_row"] for r in ds] == list(range(10))
@@ -216,16 +223,16 @@ def test_jsonl_tasks_split_by_byte_offset(tmp_path):
 def test_settings_and_layout_errors(tmp_path):
     samples.make_synth2(tmp_path / "src", rows=2)
     with pytest.raises(BuildError, match="needs --set encoder=NAME"):
-        synth2.plan(Options(source=tmp_path / "src"))
+        synth2.plan(bound(tmp_path / "src"))
     with pytest.raises(ValueError, match="--set dtype=float64"):
-        synth2.settings({"encoder": "e", "dtype": "float64"})
+        bound(tmp_path / "src", encoder="e", dtype="float64")
     with pytest.raises(ValueError, match="unknown --set shape"):
-        synth2.settings({"encoder": "e", "shape": "3"})
+        bound(tmp_path / "src", encoder="e", shape="3")
     (tmp_path / "src" / "captions.parquet").write_bytes(b"")
     with pytest.raises(BuildError, match="holds both"):
-        synth2.plan(Options(source=tmp_path / "src", settings={"encoder": "e"}))
+        synth2.plan(bound(tmp_path / "src", encoder="e"))
     with pytest.raises(BuildError, match="holds neither"):
-        synth2.plan(Options(source=tmp_path, settings={"encoder": "e"}))
+        synth2.plan(bound(tmp_path, encoder="e"))
     r = subprocess.run([sys.executable, "-m", "hubsets.cli", "build", "synth2", "--source", str(tmp_path / "src"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and "needs --set encoder=NAME" in r.stderr and "Traceback" not in r.stderr
@@ -235,7 +242,7 @@ def test_bf16_conversion_matches_torch():
     import torch
 
     values = np.array([0.1, -2.5, 1e-3, 3.14159, 65504.0, 1e30, -0.0], dtype=np.float32)
-    ours = synth2.bf16_from_float(values)
+    ours = tensors.bf16_from_float(values)
     theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     assert np.array_equal(ours, theirs)
     assert np.array_equal(samples.bf16_bits(values), theirs)
@@ -253,7 +260,7 @@ def test_clip_retrieval_layout_pairs_each_caption_with_its_row_of_the_matrices(t
     rows = samples.make_clip_embeddings(tmp_path / "src", dim=8, dtype="float16")
     manifest, ds = built(tmp_path / "src", tmp_path / "out", task_bytes="32")  # 2 rows per task
     assert len(ds) == len(rows) == 9 and manifest["rejects"]["rows"] == 0
-    assert len(synth2.plan(Options(source=tmp_path / "src", settings={"encoder": "e", "task_bytes": "32"}))) == 6
+    assert len(synth2.plan(bound(tmp_path / "src", encoder="e", task_bytes="32"))) == 6
     expected = {f"{r['shard']}/{r['row']}": r for r in rows}
     for row in ds:
         source = expected[row["meta"]["upstream_id"]]

@@ -11,6 +11,7 @@ reading stopped; rows before it have been yielded. Builders let it propagate (se
     jsonfiles  JSON arrays (streamed, sliced by byte offset) and JSON Lines
     parquet    parquet rows, a batch at a time, images dictionary-encoded
     rows       iter_rows: the format dispatch by suffix
+    tensors    embeddings from .npy / .safetensors files and inline lists (Tensor, read_npy_row, ...)
 """
 
 from hubsets.sources.base import (
@@ -48,9 +49,11 @@ from hubsets.sources.paths import (
     symlink_problem,
 )
 from hubsets.sources.rows import iter_rows
+from hubsets.sources.tensors import Tensor, TensorError, read_npy, read_npy_row, read_safetensors
 
 __all__ = ["BOM", "CHUNK", "JSONL_SUFFIXES", "JSON_SUFFIXES", "MAX_DEPTH", "MAX_ROW_BYTES", "PARQUET_SUFFIXES",
            "SEGMENT", "BadRow", "JsonSlice", "Notes", "SourceError", "column_values", "discover", "is_segment",
            "iter_json_array", "iter_jsonl", "iter_parquet", "iter_rows", "json_array_slices", "noting",
            "parquet_row_groups", "parse_json_line", "parse_row", "path_segment", "read_local_image", "safe_join",
-           "symlink_problem", "to_jsonable", "too_deep", "unreadable"]
+           "symlink_problem", "to_jsonable", "too_deep", "unreadable",
+           "Tensor", "TensorError", "read_npy", "read_npy_row", "read_safetensors"]
