@@ -18,8 +18,8 @@ given dtype (float16, bfloat16, float32, or int32 tokens) and shape; nothing is 
 (JSON has no dtype) and big-endian `.npy` arrays (byte-swapped, same values). All rows of a config share one
 dtype and shape: the first row that passes every other check fixes them, later rows that differ are
 `dtype_mismatch` / `shape_mismatch` rejects. NaN or infinite values are `non_finite`; other dtypes `wrong_dtype`.
-`.npy` files are read without pickle; `.safetensors` headers are parsed and bounds-checked here (so bfloat16
-needs no framework).
+The files are read by `hubsets.sources.tensors` (`.npy` without pickle; `.safetensors` headers parsed and
+bounds-checked, so bfloat16 needs no framework); this module maps the upstream fields onto them.
 """
 
 from __future__ import annotations

@@ -79,20 +79,25 @@ def count_non_finite(dtype: str, array: np.ndarray) -> int:
     return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
-def check_shape(shape: tuple[int, ...]) -> None:
+def check_shape(shape: tuple[int, ...], label: str | None = None) -> None:
     """`bad_shape` unless `shape` has at least one dimension and none is 0 (an empty embedding means nothing)."""
     if not shape or any(d < 1 for d in shape):
-        raise TensorError("bad_shape", f"shape {list(shape)} must have at least one dimension, none of them 0")
+        raise TensorError("bad_shape", f"{_at(label)}shape {list(shape)} must have at least one dimension, none of "
+                          "them 0")
+
+
+def _at(label: str | None) -> str:
+    return "" if label is None else f"{label}: "
 
 
 def from_array(dtype: str, array: np.ndarray, source: dict[str, Any]) -> Tensor:
     """A `Tensor` of `array` (any byte order or memory layout, values already of `dtype`), checked: shape,
-    then NaN/Inf."""
+    then NaN/Inf (the detail names `source["file"]` when there is one)."""
     shape = tuple(int(d) for d in array.shape)
-    check_shape(shape)
+    check_shape(shape, source["file"])
     bad = count_non_finite(dtype, array)
     if bad:
-        raise TensorError("non_finite", f"{bad} of {array.size} values are NaN or infinite")
+        raise TensorError("non_finite", f"{_at(source['file'])}{bad} of {array.size} values are NaN or infinite")
     data = np.ascontiguousarray(array).astype(LITTLE_ENDIAN[dtype], copy=False).tobytes()
     return Tensor(dtype, shape, data, source)
 
@@ -330,7 +335,9 @@ def inline(value: Any, dtype: str, *, max_bytes: int) -> Tensor:
         bad = count_non_finite("float32", array.astype(np.float64))
         if bad:
             raise TensorError("non_finite", f"{bad} of {array.size} values are NaN or infinite")
-        return from_array(dtype, bf16_from_float(array.astype(np.float32)), source)
+        with np.errstate(over="ignore"):  # beyond float32: infinite, refused as non_finite
+            bits = bf16_from_float(array.astype(np.float32))
+        return from_array(dtype, bits, source)
     with np.errstate(over="ignore"):
         cast = array.astype(np.float16 if dtype == "float16" else np.float32)
     return from_array(dtype, cast, source)
