@@ -686,8 +686,7 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
                                               ("inline", "inline lists")))
     sources_line += (f"; {stats.get('matrix_rows', 0):,} of them are rows of a shared matrix (`embedding_row`, or "
                      f"the clip-retrieval layout), {stats.get('text_embeddings', 0):,} carry a text embedding")
-    prompt = captions.prompt({"caption_prompt": setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])[
-        "caption_prompt"]})
+    prompt = captions.prompt(manifest["options"]["settings"])  # the raw --set strings: a str key is as given
     note = release.card_note(stats)
     if note:
         sources_line += f". {note.rstrip('.')}"
