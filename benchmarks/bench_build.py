@@ -15,10 +15,14 @@ Each build runs in a fresh subprocess; medians of `--repeats` runs are reported.
     one-worker builds of the input's two halves run at the same time (and the check alone on two processes);
 (e) a projection of full KALE (text only, and with 22 TB of fetched images) from measured per-task rates: a
     KALE-like text input (`bench_scale.generate`) is planned, its tasks run one by one in-process, and the
-    driver's finish (record checks, dedupe, rejects, manifest) is timed separately.
+    driver's finish (record checks, dedupe, rejects, manifest) is timed separately;
+(f) the files the tasks write against the files after compaction (`hubsets.build.compact`), and the
+    compaction pass's wall and CPU as a share of the build: a build with compaction off, then the same
+    command with it on (every task reused: the pass alone, less a rebuild that has nothing to do, timed
+    third) into the same folder, `--workers 1` (no worker start-up in the pass). `--compact-only`: just (f).
 
     python benchmarks/bench_build.py [--rows 20000] [--repeats 3] [--kale-rows 1000000] [--quick]
-                                     [--inputs DIR] [--code DIR]
+                                     [--inputs DIR] [--code DIR] [--compact-only]
 
 `--quick` (2,000 rows, one repeat, 200,000 KALE rows) runs in under 3 minutes. `--code DIR` runs the builds
 with the hubsets found in DIR (e.g. an older commit: `git archive REV hubsets builders | tar -x -C DIR`); the
@@ -53,13 +57,14 @@ from pathlib import Path
 from hubsets.build import build
 from hubsets.builder import Options
 src, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+writer = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
 def cpu(who):
     u = resource.getrusage(who)
     return u.ru_utime + u.ru_stime
 def rchar():  # this thread's reads: /proc/self/io also adds the I/O of every reaped child (the workers)
     return next(int(l.split()[1]) for l in open("/proc/thread-self/io") if l.startswith("rchar:"))
 t, own, kids, read = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN), rchar()
-m = build("skvqa", Options(source=src), out, workers=workers, progress=False)
+m = build("skvqa", Options(source=src), out, workers=workers, progress=False, writer_options=writer)
 seconds, read = time.perf_counter() - t, rchar() - read
 own, kids = cpu(resource.RUSAGE_SELF) - own, cpu(resource.RUSAGE_CHILDREN) - kids
 # VmHWM, not ru_maxrss: ru_maxrss survives fork+exec and would report this benchmark's own (parent) peak.
@@ -271,6 +276,32 @@ def run_builds(jobs: list[tuple[Path, Path, int]], code: Path | None) -> tuple[f
     return wall, reports
 
 
+def compaction_cost(src: Path, out: Path, code: Path | None, workers: int = 1) -> dict:
+    """(f): the build without compaction, the pass alone (the same command with it on), a no-op rebuild. One
+    worker: the pass then runs in the driver's process, and no worker start-up is counted as its cost."""
+    runs = {}
+    shutil.rmtree(out, ignore_errors=True)
+    for name, writer in (("off", {"compact": False}), ("pass", {}), ("noop", {})):
+        r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers), json.dumps(writer)],
+                           capture_output=True, text=True, env=_child_env(code), cwd=code)
+        if r.returncode:
+            raise SystemExit(f"compaction build ({name}) failed:\n{r.stderr[-2000:]}")
+        runs[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    return runs
+
+
+def print_compaction(c: dict) -> None:
+    off, done, noop = c["off"], c["pass"], c["noop"]
+    wall = done["seconds"] - noop["seconds"]
+    cpu = done["cpu_seconds"] - noop["cpu_seconds"]
+    print(f"(f) files: {off['files']} written by {off['tasks']} tasks -> {done['files']} after compaction; the pass "
+          f"{wall:.2f} s wall ({100 * wall / (off['seconds'] + wall):.1f}% of the build), {cpu:.2f} CPU-s "
+          f"({100 * cpu / (off['cpu_seconds'] + cpu):.1f}%), --workers 1 (build without it {off['seconds']:.2f} s, "
+          f"{off['cpu_seconds']:.2f} CPU-s; "
+          f"no-op rebuild {noop['seconds']:.2f} s)")
+
+
 def kale_rates(root: Path, rows: int, code: Path | None) -> dict:
     """Per-task rates of a KALE-like text build (see `KALE_CHILD`)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -352,6 +383,7 @@ def main() -> None:
     p.add_argument("--inputs", type=Path, help="keep generated inputs in this folder and reuse them later")
     p.add_argument("--code", type=Path, help="run the builds with the hubsets package found in this folder")
     p.add_argument("--json", type=Path, help="also write the raw results to this file")
+    p.add_argument("--compact-only", action="store_true", help="only (f), the compaction pass, once")
     args = p.parse_args()
     if args.quick:
         args.rows, args.repeats, args.kale_rows = 2000, 1, min(args.kale_rows, 200_000)
@@ -365,6 +397,13 @@ def main() -> None:
             shutil.rmtree(src, ignore_errors=True)
             make_input(src, args.rows, args.qa, size)  # type: ignore[arg-type]
             (src / "done").touch()
+        if args.compact_only:
+            c = compaction_cost(src, tmp / "out-compact", args.code)
+            rows = c["off"]["rows"]
+            print(f"\nSK-VQA build: {rows:,} rows, {c['off']['tasks']} tasks, {os.cpu_count()} CPUs, load average "
+                  f"{load:.1f} -> {os.getloadavg()[0]:.1f}, one run")
+            print_compaction(c)
+            return
         data = unique_images(src)
         mb = sum(map(len, data)) / 1e6
         input_mb = sum(f.stat().st_size for f in (src / "data").glob("*.parquet")) / 1e6
@@ -382,6 +421,7 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats}: build 1w {one[-1]['seconds']:.1f} s, 2w "
                   f"{two[-1]['seconds']:.1f} s, halves together {wall:.1f} s", file=sys.stderr, flush=True)
         kale = kale_rates(base, args.kale_rows, args.code) if args.kale_rows else None
+        compaction = compaction_cost(src, tmp / "out-compact", args.code) if args.code is None else None
     check_s, check_cpu = (statistics.median(c[i] for c in check) for i in (0, 1))
     io_s, io_cpu = (statistics.median(c[i] for c in io) for i in (0, 1))
     b1, b1_cpu, b2 = med(one, "seconds"), med(one, "cpu_seconds"), med(two, "seconds")
@@ -411,10 +451,13 @@ def main() -> None:
           f"{med(two, 'peak_rss_kb') / 1024:.0f} MB (largest process)")
     if kale is not None:
         project(kale, b1_cpu / mb)
+    if compaction is not None:  # (older code, `--code`, has no compaction option)
+        print_compaction(compaction)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load,
                                          "check": check, "io": io, "check2": check2, "one": one, "two": two,
-                                         "pair": pair, "kale": kale, "images": n, "mb": mb}, indent=1))
+                                         "pair": pair, "kale": kale, "images": n, "mb": mb,
+                                         "compaction": compaction}, indent=1))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from hubsets import layout
 from hubsets.build import output
 from hubsets.build.output import Output
@@ -47,6 +49,8 @@ FORMAT = 1
 """Version of the group record and of how a group is written; part of every group key."""
 DEFAULT_MAX_FILE_BYTES = 500 * MB
 """`ShardWriter`'s default `max_file_bytes`, which the tasks' files roll over at."""
+IMAGE_BYTES = "images.list.element.bytes"
+"""The image bytes' leaf column (`images.list.element.bytes`)."""
 PAUSE_ENV = "HUBSETS_COMPACT_PAUSE"
 """Seconds a group waits between writing its record and deleting its inputs: lets tests kill a build there."""
 
@@ -184,7 +188,9 @@ def run_group(out: Output | Path, group: Group, writer_options: dict[str, Any]) 
             writer = ShardWriter(work, spill_dir=work / "spill", **options)
             try:
                 for entry in group.inputs:
-                    with out.parquet(entry["path"]) as parquet:
+                    # image bytes read as the files store them, once per row group (`ENCODED_IMAGES`): never
+                    # copied out per row and hashed again
+                    with out.open(entry["path"]) as f, pq.ParquetFile(f, read_dictionary=[IMAGE_BYTES]) as parquet:
                         for index in range(parquet.num_row_groups):  # one row group in memory at a time
                             writer.write(group.partition, parquet.read_row_group(index))
                     release_unused()
