@@ -210,6 +210,14 @@ def test_safetensors_headers_over_the_cap_or_the_file(tmp_path: Path) -> None:
         refused("bad_embedding", lambda path=path: read(path))
     path = st_file(tmp_path, good[:-1])  # data cut short
     refused("bad_embedding", lambda: read(path))
+    big = samples.safetensors_bytes({"a": ("F32", [2, 2], np.ones(4, "<f4").tobytes())},
+                                    metadata={"note": "x" * 1000})  # a real header of ~1 KB
+    path = st_file(tmp_path, big)
+    capped = tensors.SafetensorsHeaders(max_header=512)
+    exc = refused("bad_embedding", lambda: tensors.read_safetensors(path, "e.bin", "a", max_bytes=CAP,
+                                                                    headers=capped))
+    assert "over the 512-byte cap" in exc.detail and not capped.cache
+    assert read(path).shape == (2, 2)
 
 
 @pytest.mark.parametrize("info", [

@@ -220,8 +220,12 @@ def matrix_row(matrix: np.ndarray, index: int, label: str) -> Tensor:
 class SafetensorsHeaders(_Cache):
     """Parsed `.safetensors` headers of recently used files (rows often share one file)."""
 
+    def __init__(self, size: int = CACHED_FILES, max_header: int = MAX_HEADER_BYTES) -> None:
+        super().__init__(size)
+        self.max_header = max_header
+
     def get(self, path: Path, label: str) -> tuple[dict[str, Any], int, int]:
-        """(header, offset of the data section, file size); `TensorError` for a header over `MAX_HEADER_BYTES`
+        """(header, offset of the data section, file size); `TensorError` for a header over `max_header` bytes
         or the file, not a JSON object, or whose tensors' byte ranges overlap."""
         cached = self._get(path)
         if cached is not None:
@@ -232,7 +236,10 @@ class SafetensorsHeaders(_Cache):
             if len(head) < 8:
                 raise TensorError("bad_embedding", f"{label}: too short for a .safetensors file")
             n = int.from_bytes(head, "little")
-            if n > min(MAX_HEADER_BYTES, file_size - 8):
+            if n > self.max_header:
+                raise TensorError("bad_embedding", f"{label}: header length {n:,} is over the {self.max_header:,}-"
+                                  "byte cap")
+            if n > file_size - 8:
                 raise TensorError("bad_embedding", f"{label}: header length {n:,} is impossible for a "
                                   f"{file_size:,}-byte file")
             try:
