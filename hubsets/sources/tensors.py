@@ -244,7 +244,7 @@ class SafetensorsHeaders(_Cache):
                                   f"{file_size:,}-byte file")
             try:
                 header = json.loads(f.read(n))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
                 raise TensorError("bad_embedding", f"{label}: header is not JSON ({str(exc)[:200]})") from None
         if not isinstance(header, dict):
             raise TensorError("bad_embedding", f"{label}: header is not a JSON object")
