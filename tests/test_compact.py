@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hubsets import layout
 from hubsets.build import build, compact
 from hubsets.builder import Options
 from hubsets.testing import samples
@@ -91,8 +94,8 @@ def test_small_files_become_one_per_partition_with_the_same_rows_in_the_same_ord
 def test_datasets_reads_the_same_records_in_the_same_order(uncompacted, compacted):
     import datasets
 
-    def load(out: Path, globs: list[str]) -> list[dict]:
-        files = sorted(str(p) for g in globs for p in out.glob(g))
+    def load(out: Path, globs: list[str]) -> list[dict]:  # the card's globs: `datasets` orders the files
+        files = [str(out / g) for g in globs]
         table = datasets.load_dataset("parquet", data_files={"train": files}, split="train").data.table
         return table.to_pylist()
 
@@ -205,3 +208,31 @@ def test_files_of_different_splits_in_one_folder_are_never_merged(tmp_path):
             split = path.name.split("-")[0]
             assert all(f"/{split}/" in i for i in pq.read_table(path, columns=["id"]).column("id").to_pylist())
     assert rows[True] == rows[False] and all(rows[True].values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["train", "test", "validation.x"]), st.sampled_from(["a", "b"]),
+                          st.integers(0, 30), st.integers(0, 3), st.integers(1, 120)),
+                unique_by=lambda f: f[:4], max_size=40), st.randoms(use_true_random=False))
+def test_the_plan_groups_consecutive_files_of_one_partition_within_the_limit(files, rng):
+    """Whatever the files (splits sharing a folder, sizes up to and over the limit) and the order the records
+    list them in: every file in exactly one group, each group consecutive in name order within one
+    partition, merged groups within the limit, and greedy (a group never could have taken its next file)."""
+    entries = [{"path": f"data/{o}/none/{layout.shard_name(split, t, n)}", "bytes": size, "sha256": "0" * 64,
+                "rows": 1, "partition": {"split": split, "origin": o, "signature": "none"}}
+               for split, o, t, n, size in files]
+    rng.shuffle(entries)
+    groups = compact.group_files(entries, {"max_file_bytes": 100})
+    assert sorted(e["path"] for g in groups for e in g.inputs) == sorted(e["path"] for e in entries)
+    assert groups == compact.group_files(list(reversed(entries)), {"max_file_bytes": 100})
+    for i, g in enumerate(groups):
+        after = groups[i + 1] if i + 1 < len(groups) else None
+        names = [e["path"] for e in g.inputs]
+        assert names == sorted(names) and len({json.dumps(e["partition"]) for e in g.inputs}) == 1
+        assert not g.merges or sum(e["bytes"] for e in g.inputs) <= 100
+        if after is not None and after.partition == g.partition:
+            assert names[-1] < after.inputs[0]["path"]
+            assert sum(e["bytes"] for e in g.inputs) + after.inputs[0]["bytes"] > 100
+    assert all(len(g.inputs) == 1 for g in compact.group_files(entries, {"max_file_bytes": 100}, enabled=False))
+    outputs = [g.output for g in groups if g.merges]
+    assert len(set(outputs)) == len(outputs) and not set(outputs) & {e["path"] for e in entries}

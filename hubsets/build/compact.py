@@ -83,16 +83,22 @@ def split_options(writer_options: dict[str, Any] | None) -> tuple[dict[str, Any]
 
 def plan(records: Records, keys: list[str], writer_options: dict[str, Any], enabled: bool = True) -> list[Group]:
     """Every task file, in groups (partition, then name order); all groups of one when not `enabled`."""
+    return group_files([e for key in keys for e in records.stats(key).files], writer_options, enabled)
+
+
+def group_files(entries: list[dict[str, Any]], writer_options: dict[str, Any], enabled: bool = True) -> list[Group]:
+    """`plan` for file entries (`WrittenFile` fields): per partition (a folder holds one per split), in name
+    order, consecutive files while their total stays within `max_file_bytes`."""
     limit = int(writer_options.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
-    by_partition: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for key in keys:  # a partition is a folder *and* a split: the folder holds every split's files
-        for entry in records.stats(key).files:
-            by_partition[(str(PurePosixPath(entry["path"]).parent), entry["partition"]["split"])].append(entry)
+    by_partition: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        p = entry["partition"]
+        by_partition[(p["origin"], p["signature"], p["split"])].append(entry)
     groups = []
-    for _, entries in sorted(by_partition.items()):
-        entries.sort(key=lambda e: e["path"])
+    for _, members in sorted(by_partition.items()):
+        members.sort(key=lambda e: e["path"])
         run: list[dict[str, Any]] = []
-        for entry in entries:
+        for entry in members:
             if run and (not enabled or sum(e["bytes"] for e in run) + entry["bytes"] > limit):
                 groups.append(_group(run, writer_options))
                 run = []
