@@ -24,7 +24,8 @@ def rchar():  # this thread's reads: /proc/self/io also counts the reaped worker
 
 before = rchar()
 manifest = build("skvqa", Options(source=Path(sys.argv[1])), Path(sys.argv[2]), workers=2, progress=False)
-print(json.dumps({"read": rchar() - before, "rows": sum(o["written"] for o in manifest["origins"].values())}))
+print(json.dumps({"read": rchar() - before, "rows": sum(o["written"] for o in manifest["origins"].values()),
+                  "merged": sum(rel.endswith("-c.parquet") for rel in manifest["files"])}))
 """
 
 
@@ -40,7 +41,8 @@ def _variants(base: bytes, count: int, tag: int) -> list[bytes]:
 def test_the_driver_reads_no_image_bytes(tmp_path: Path) -> None:
     """A build of >= 200 MB of images with two worker processes: the driver reads (every `read` syscall of
     the thread that runs it, page cache included: rchar) a few MB of footers, records and ids, not the
-    images, which only the workers read and write. (The driver's other threads only start and pace.)"""
+    images, which only the workers read and write, also when they merge the tasks' files (compaction).
+    (The driver's other threads only start and pace.)"""
     bases = [b for b in samples._images(7, 0, (1600, 1200)) if b[:2] == b"\xff\xd8"]
     copies = -(-(205 << 20) // sum(map(len, bases)))
     pictures = [v for tag, base in enumerate(bases) for v in _variants(base, copies, tag)]
@@ -57,5 +59,5 @@ def test_the_driver_reads_no_image_bytes(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result["rows"] == len(pictures)
+    assert result["rows"] == len(pictures) and result["merged"] > 0
     assert result["read"] < 16 << 20, f"driver read {result['read']:,} bytes for {total:,} bytes of images"
