@@ -219,9 +219,10 @@ def run_group(out: Output | Path, group: Group, writer_options: dict[str, Any]) 
     return record
 
 
-def files(out: Output, groups: list[Group]) -> list[WrittenFile]:
-    """The build's final files: each group's output, or its one file; sorted by path."""
-    done = finished(out)
+def files(out: Output, groups: list[Group], made: list[dict[str, Any]]) -> list[WrittenFile]:
+    """The build's final files: each group's output, or its one file; sorted by path. `made`: the records
+    `run_group` just returned (a shared filesystem may not show them here yet)."""
+    done = {**finished(out), **{record["key"]: record for record in made}}
     result = []
     for g in groups:
         entry = done[g.key]["output"] if g.merges else g.inputs[0]

@@ -106,9 +106,8 @@ def build(name: str, options: Options, out: Output | Path | str, *, workers: int
                          [_where(task) for _, task, _ in todo], on_done=shown.done)
             _check_visible(records, [key for _, _, key in todo])
             _dedupe(pool, out, records, name, tasks, keys, options, shard_options)
-            rerun, groups = _compact(pool, out, records, name, tasks, keys, options, shard_options, compacting)
+            rerun, files = _compact(pool, out, records, name, tasks, keys, options, shard_options, compacting)
             stats = [records.stats(key) for key in keys]
-            files = compact.files(out, groups)
             read, rejects, bad_files = _collect(out, records, keys, stats, builder, extra)
         except OSError as exc:
             raise BuildError(f"writing the build failed: {exc}. Free space (or fix the cause) and run the same "
@@ -282,9 +281,10 @@ def _dedupe(pool: _Pool, out: Output, records: Records, name: str, tasks: list[T
 
 
 def _compact(pool: _Pool, out: Output, records: Records, name: str, tasks: list[Task], keys: list[str],
-             options: Options, shard_options: dict[str, Any], enabled: bool) -> tuple[int, list[compact.Group]]:
+             options: Options, shard_options: dict[str, Any], enabled: bool) -> tuple[int, list[WrittenFile]]:
     """Merge each partition's consecutive small files (`compact`); returns how many tasks had to run again
-    (files they wrote were merged by a compaction that no longer applies: its inputs changed) and the groups."""
+    (files they wrote were merged by a compaction that no longer applies: its inputs changed) and the build's
+    final files."""
     rerun = 0
     while True:
         groups = compact.plan(records, keys, shard_options, enabled)
@@ -300,9 +300,9 @@ def _compact(pool: _Pool, out: Output, records: Records, name: str, tasks: list[
     left, leftovers = compact.todo(out, groups)
     for rel in leftovers:  # of groups finished by a run killed before it deleted them
         out.remove(rel)
-    pool.run(compact.run_group, [(out, g, shard_options) for g in left],
-             [f"merging {len(g.inputs)} files into {g.output}" for g in left])
-    return rerun, groups
+    made = pool.run(compact.run_group, [(out, g, shard_options) for g in left],
+                    [f"merging {len(g.inputs)} files into {g.output}" for g in left])
+    return rerun, compact.files(out, groups, made)
 
 
 def _collect(out: Output, records: Records, keys: list[str], stats: list[TaskStats], builder: Builder,
