@@ -114,7 +114,8 @@ def npy_bytes(header: str, data: bytes = b"") -> bytes:
 def test_npy_header_lying_about_its_shape_or_truncated(tmp_path: Path) -> None:
     path = npy(tmp_path, np.ones((4, 8), "<f4"))
     path.write_bytes(path.read_bytes()[:-1])
-    refused("bad_embedding", lambda: tensors.read_npy(path, "e.bin", max_bytes=CAP))
+    assert refused("bad_embedding", lambda: tensors.read_npy(path, "e.bin", max_bytes=CAP)).detail == (
+        "e.bin: the header announces [4, 8] (128 bytes of data) but the file holds 127 (a truncated download?)")
     refused("bad_embedding", lambda: tensors.read_npy_row(path, "e.bin", 3, max_bytes=CAP))
     data = np.ones((4, 8), "<f4").tobytes()
     for shape in ("(5, 8)", "(1099511627776, 1099511627776)", "(9223372036854775807, 4)", "(4, 8, 3037000500)"):

@@ -128,10 +128,10 @@ def npy_header(path: Path, label: str) -> tuple[tuple[int, ...], np.dtype, str]:
     if name is None:
         raise TensorError("wrong_dtype", f"{label}: dtype {dtype.name} ({dtype.str}) is not one of "
                           f"{', '.join(DTYPES)} (.npy cannot hold bfloat16: use .safetensors)")
-    size = nbytes(shape, name)
-    if data_start + size > path.stat().st_size:
-        raise TensorError("bad_embedding", f"{label}: the header announces {list(shape)} ({size:,} bytes) but "
-                          f"the file is {path.stat().st_size:,} bytes (a truncated download?)")
+    size, held = nbytes(shape, name), path.stat().st_size - data_start
+    if size > held:
+        raise TensorError("bad_embedding", f"{label}: the header announces {list(shape)} ({size:,} bytes of data) "
+                          f"but the file holds {held:,} (a truncated download?)")
     return tuple(int(d) for d in shape), dtype, name
 
 
