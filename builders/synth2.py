@@ -285,11 +285,10 @@ def _check_clip(value: _ClipRow) -> _Accepted:
     caption = _caption(value.values.get(str(caption_column)))
     embedding = tensors.matrix_row(value.matrix, value.row, str(value.files["img"]))
     text = None
-    if value.text is not None:
-        name = tensors.dtype_name(value.text.dtype)
-        vector = np.ascontiguousarray(value.text[value.row]).astype(tensors.LITTLE_ENDIAN[name], copy=False)
-        text = {"file": value.files["text"], "row": value.row, "dtype": name, "shape": list(vector.shape),
-                "stored_as": value.text.dtype.str, "data": base64.b64encode(vector.tobytes()).decode("ascii")}
+    if value.text is not None:  # checked as the image row is (a NaN text vector is a non_finite reject)
+        t = tensors.matrix_row(value.text, value.row, str(value.files["text"]))
+        text = {"file": value.files["text"], "row": value.row, "dtype": t.dtype, "shape": list(t.shape),
+                "stored_as": t.source["stored_as"], "data": base64.b64encode(t.data).decode("ascii")}
     url = value.values.get(str(url_column))
     used = {c for c in (id_column, caption_column, url_column) if c is not None}
     extra = {k: sources.to_jsonable(v) for k, v in value.values.items() if k not in used}

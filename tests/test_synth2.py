@@ -287,6 +287,21 @@ def test_clip_retrieval_layout_pairs_each_caption_with_its_row_of_the_matrices(t
     assert all("text_embedding" not in r["meta"] and "key" not in r["meta"]["upstream"] for r in ds)
 
 
+def test_clip_text_vector_with_nan_or_inf_rejects_its_row_naming_the_text_file(tmp_path):
+    src = tmp_path / "src"
+    rows = samples.make_clip_embeddings(src, shards=(("0", 4),), dim=4, dtype="float32")
+    words = np.stack([r["text"] for r in rows]).astype("<f4")
+    words[1, 2], words[3, 0] = np.nan, np.inf
+    np.save(src / "text_emb" / "text_emb_0.npy", words)
+    manifest, ds = built(src, tmp_path / "out", dtype="float32")
+    assert sorted(r["meta"]["upstream_id"] for r in ds) == ["0/0", "0/2"]
+    rejects = [json.loads(line) for line in (tmp_path / "out/rejects/rejects.jsonl").read_text().splitlines()]
+    assert sorted((r["row"], r["reason"], r["detail"]) for r in rejects) == [
+        (1, "non_finite", "text_emb/text_emb_0.npy: 1 of 4 values are NaN or infinite"),
+        (3, "non_finite", "text_emb/text_emb_0.npy: 1 of 4 values are NaN or infinite")]
+    assert all(r["file"] == "metadata/metadata_0.parquet" for r in rejects)
+
+
 def test_clip_shards_that_do_not_line_up_are_bad_files_never_mispaired(tmp_path):
     src = tmp_path / "src"
     rows = samples.make_clip_embeddings(src, shards=(("00", 4), ("01", 3), ("02", 3), ("03", 2)), dim=4)
