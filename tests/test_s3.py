@@ -149,21 +149,27 @@ build("skvqa", Options(source=Path(sys.argv[1])), sys.argv[2], progress=False)
 """
 
 
+def _kill_once_found(fs, pattern: str, source: Path, url: str, env: dict[str, str]) -> int:
+    """Run KILLED_BUILD into `url`, SIGKILL it once an object matches `pattern`; how many matched then."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(source), url], cwd=REPO_ROOT,
+                            env={**os.environ, **env})
+    deadline = time.monotonic() + 60
+    found = 0
+    while found < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        fs.invalidate_cache()
+        found = len(fs.glob(pattern))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return found
+
+
 def test_sigkill_mid_s3_build_then_resume_is_identical(s3, source, local):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     url = f"s3://{BUCKET}/killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(source), url], cwd=REPO_ROOT,
-                            env=os.environ.copy())
-    deadline = time.monotonic() + 60
-    finished = 0
-    while finished < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        fs.invalidate_cache()
-        finished = len(fs.glob(f"{BUCKET}/killed/.hubsets-build/tasks/*/stats.json"))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    finished = _kill_once_found(fs, f"{BUCKET}/killed/.hubsets-build/tasks/*/stats.json", source, url, {})
     assert finished >= 1
     build("skvqa", Options(source=source), url, progress=False)
     remote = objects("killed")
@@ -181,16 +187,8 @@ def test_sigkill_during_s3_compaction_then_resume_is_identical(s3, source, local
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     url = f"s3://{BUCKET}/killed-compact"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(source), url], cwd=REPO_ROOT,
-                            env={**os.environ, compact.PAUSE_ENV: "30"})
-    deadline = time.monotonic() + 60
-    recorded = 0
-    while recorded < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        fs.invalidate_cache()
-        recorded = len(fs.glob(f"{BUCKET}/killed-compact/{compact.COMPACT}/*.json"))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    recorded = _kill_once_found(fs, f"{BUCKET}/killed-compact/{compact.COMPACT}/*.json", source, url,
+                                {compact.PAUSE_ENV: "30"})
     assert recorded == 1
     build("skvqa", Options(source=source), url, progress=False)
     remote = objects("killed-compact")
