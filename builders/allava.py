@@ -175,9 +175,9 @@ IMAGE_EXTENSIONS = ("jpeg", "png", "gif", "webp", "mpo", "bmp", "tiff", "jpg")
 
 # --- settings and planning ---------------------------------------------------------------------------------
 
-def _values(options: Options) -> dict[str, Any]:
+def _values(options: Options) -> Mapping[str, Any]:
     """Every `--set` key, parsed (`hubsets.settings`): unknown keys and bad values fail in one place."""
-    return setting_keys.parse(NAME, SETTINGS, options.settings)
+    return options.values
 
 
 def _located(source: Path, subset: Subset) -> Subset | None:
@@ -304,7 +304,7 @@ def _subset_of(task: Task) -> Subset:
 
 # --- image resolvers -----------------------------------------------------------------------------------------
 
-def fetch_settings(options: Options) -> dict[str, Any]:
+def fetch_settings(options: Options) -> Mapping[str, Any]:
     """The parsed `--set` keys, `fetch_*` among them (`hubsets.settings.FETCH`): URL-only LAION rows are fetched
     like KALE's."""
     return _values(options)
@@ -577,7 +577,7 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     for origin in ORIGINS:
         turns.append(f"| `{origin}` | " + " | ".join(f"{stats.get(f'turns:{origin}:{n}', 0):,}" for n in (1, 2, 3, 4))
                      + " |")
-    settings = setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])
+    settings = manifest["options"]["values"]
     vflan = f"{Path(settings['vflan_images']).name}" if settings["vflan_images"] else f"{VFLAN_DEFAULT}/"
     fetched = sum(stats.get(k, 0) for k in stats if k.startswith("url_fetched:"))
     not_fetched = manifest["rejects"]["by_reason"].get("image_not_fetched", 0)

@@ -131,7 +131,7 @@ DOWNLOAD = ("hf download Salesforce/blip3-kale --repo-type dataset --local-dir k
 @dataclass(frozen=True)
 class Settings:
     values: Mapping[str, Any]
-    """Every key of `SETTINGS`, parsed (`hubsets.settings.parse`)."""
+    """Every key of `SETTINGS`, typed (`Options.values`)."""
     fetch_images: bool
     fetch: fetch.FetchSettings
     fetch_cache: Path | None
@@ -141,13 +141,13 @@ class Settings:
     caption_prompt: str
 
 
-def settings(values: Mapping[str, str], max_pixels: int, out: Path | None) -> Settings:
-    """Parse `--set` values (`hubsets.settings`); `SettingError` naming the key for anything unknown or malformed."""
-    v = setting_keys.parse(NAME, SETTINGS, values)
+def settings(v: Mapping[str, Any], max_pixels: int, out: Path | None) -> Settings:
+    """What the typed `--set` values (`Options.values`, or the manifest's `options.values`) mean for KALE."""
     cache_root = out / ".cache" if out is not None else Path(tempfile.gettempdir()) / "hubsets-cache"
     task_rows = v["task_rows"] or (1024 if v["fetch_images"] else 100_000)
+    index_dir = Path(v["index_dir"]) if v["index_dir"] else cache_root
     return Settings(v, v["fetch_images"], setting_keys.fetch_settings(v, max_pixels),
-                    setting_keys.fetch_cache(v, out), task_rows, v["index_dir"] or cache_root, v["index_buckets"],
+                    setting_keys.fetch_cache(v, out), task_rows, index_dir, v["index_buckets"],
                     captions.prompt({"caption_prompt": v["caption_prompt"]}))
 
 
@@ -301,7 +301,7 @@ def _index_spec(source: Path, files: list[_File], fields: Mapping[str, str], s: 
 
 
 def _planned(options: Options) -> tuple[list[_File], Settings, index.Spec | None]:
-    s = settings(options.settings, options.max_pixels, options.out)
+    s = settings(options.values, options.max_pixels, options.out)
     fields = _fields(options)
     files = [_inspect(options.source, rel, set_name, fields) for set_name, rel in _discover(options.source)[0]]
     good = [f for f in files if f.error is None]
@@ -370,7 +370,7 @@ class _Candidate:
 
 
 def read(task: Task, options: Options) -> Iterator[Item]:
-    s = settings(options.settings, options.max_pixels, options.out)
+    s = settings(options.values, options.max_pixels, options.out)
     fields = _fields(options)
     set_name: str = task.options["set"]
     if task.options.get("error"):  # found unusable by plan: none of its rows is read (hubsets.builder)
@@ -484,7 +484,7 @@ def _pct(part: int, whole: int) -> str:
 def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
     stats = manifest["stats"]
     opts = manifest["options"]
-    s = settings(opts["settings"], opts["max_pixels"], None)
+    s = settings(opts["values"], opts["max_pixels"], None)
     c = {k.removeprefix("index:"): v for k, v in stats.items() if k.startswith("index:")}
     given = [n for n in SETS if stats.get(f"files:{n}", 0)]
     rows = [("rows in the shards", "rows"), ("rows with a url and caption (keyed)", "keyed"),

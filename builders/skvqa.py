@@ -295,7 +295,6 @@ def _layout_from_configs(files: list[str], configs: list[release.ReleaseConfig])
 
 def plan(options: Options) -> list[Task]:
     """One task per data file. Ids are content (see `_qa_key`), so tasks need nothing from each other."""
-    settings.parse(NAME, SETTINGS, options.settings)
     found = layout(options)
     members = {} if options.survey else {name: str(_members_file(options, name, group))
                                           for name, group in sorted(found.subsets.items())}
@@ -429,7 +428,7 @@ class _Reading:
     base: Path
     split: str
     mapping: dict[str, tuple[str, ...]]
-    values: dict[str, Any]
+    values: Mapping[str, Any]
     members: Mapping[str, str]
     fetched: dict[str, Any] = field(default_factory=dict)
     last: tuple[Any, bytes, str] | None = None
@@ -442,7 +441,7 @@ CHUNK_ROWS = 256
 
 def read(task: Task, options: Options) -> Iterator[Item]:
     mapping = _mapping(options)
-    values = settings.parse(NAME, SETTINGS, options.settings)
+    values = options.values
     path = options.source / task.file
     if not path.is_file():  # planned but gone: the node cannot see --source, or the file was removed
         raise FileNotFoundError(errno.ENOENT, f"input file {task.file} is missing under {options.source} (it was "
@@ -832,7 +831,7 @@ def _input_notes(manifest: Mapping[str, Any]) -> str:
 
 
 def _prompt_note(manifest: Mapping[str, Any]) -> str:
-    values = settings.parse(NAME, SETTINGS, manifest["options"]["settings"])
+    values = manifest["options"]["values"]
     if not values["context_in_prompt"]:
         return ("The user turn holds the image and the question alone (built with `--set context_in_prompt=false`); "
                 "the knowledge document is only in `context`.")

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from hubsets import archives, release, sources
-from hubsets import settings as setting_keys
 from hubsets.builder import BuildError, Config, Item, Options, Reject, Row, RowError, Survey, Task, json_array_tasks
 from hubsets.llava import IMAGE_TOKEN, conversations_to_messages
 from hubsets.schema import Record, empty_record
@@ -102,8 +101,8 @@ CONFIGS = (
 
 # --- planning --------------------------------------------------------------------------------------------------
 
-def _values(options: Options) -> dict[str, Any]:
-    return setting_keys.parse(NAME, SETTINGS, options.settings)
+def _values(options: Options) -> Mapping[str, Any]:
+    return options.values
 
 
 def images_root(options: Options) -> Path | None:
@@ -279,7 +278,7 @@ def card_sections(manifest: Mapping[str, Any]) -> dict[str, str]:
         lines.append(f"| `{category}` | {UPSTREAM_COUNTS[category]:,} | {c['read']:,} | {c['written']:,} | "
                      f"{c['rejected']:,} | {stats.get(f'placement:{category}:start', 0):,} | "
                      f"{stats.get(f'placement:{category}:end', 0):,} |")
-    images = setting_keys.parse(NAME, SETTINGS, manifest["options"]["settings"])["images"]
+    images = manifest["options"]["values"]["images"]
     if images:
         note = (f"**Images:** rendered by the builder of this dataset (not by the StableLLaVA authors) and read "
                 f"from `<category>/<id>.jpg` under `{Path(images).name}/`. Upstream rendered with `{GENERATOR}` "

@@ -82,6 +82,12 @@ def bind(builder: Any, options: Options) -> Options:
     return dataclasses.replace(options, typed=typed)
 
 
+def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Bound values for the manifest (`options.values`: every key's effective value, defaults included), which
+    builders' card sections read instead of parsing the raw strings again; paths become strings."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(values.items())}
+
+
 FETCH = (
     Setting("fetch_images", "bool", False, "download each image URL and embed the image"),
     Setting("fetch_concurrency", "int", 32, "downloads in flight per worker process", minimum=1),

@@ -16,6 +16,7 @@ from hubsets.builders import kale
 from hubsets.build import build, index
 from hubsets.build.driver import _Pool
 from hubsets.builder import Options
+from hubsets.settings import bind
 from hubsets.testing import samples
 
 FIELDS = {"url": "url", "caption": "caption"}
@@ -116,7 +117,7 @@ def test_killed_index_build_resumes_from_the_finished_calls(tmp_path: Path) -> N
 
 def test_kale_build_runs_the_index_on_workers_once_and_reuses_it(tmp_path: Path) -> None:
     samples.make_kale(tmp_path / "src", both=12, core_only=3, full_only=10)
-    options = Options(source=tmp_path / "src", settings={"index_dir": str(tmp_path / "ix")})
+    options = bind(kale, Options(source=tmp_path / "src", settings={"index_dir": str(tmp_path / "ix")}))
     assert len(kale.prepare(options)) == 4
     one = build("kale", options, tmp_path / "out", workers=2, progress=False)
     assert kale.prepare(options) == []  # cached: a rerun with unchanged inputs does no pass

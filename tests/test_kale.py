@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ from hubsets.builders import kale
 from hubsets import fetch
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
+from hubsets.settings import bind
 from hubsets.testing import samples
 from hubsets.testing.samples import ImageServer, Route
 from hubsets.validate import validate_folder
@@ -68,6 +70,11 @@ def subset_build(tmp_path_factory):
     manifest = build("kale", Options(source=root / "src", settings={"index_buckets": "7"}), root / "out",
                      progress=False)
     return root / "src", root / "out", manifest, expected
+
+
+def typed(values: dict[str, str]) -> Any:
+    """`--set` strings typed as a build binds them (`Options.values`)."""
+    return bind(kale, Options(source=Path("."), settings=values)).values
 
 
 def test_core_subset_of_full_is_stored_once(subset_build):
@@ -172,10 +179,10 @@ def test_index_is_the_same_whatever_the_bucket_count_and_is_reused(subset_build,
 
 def test_one_task_per_row_group_slice(subset_build):
     src, _, _, _ = subset_build
-    tasks = kale.plan(Options(source=src, settings={"index_dir": str(src.parent / "ix")}))
+    tasks = kale.plan(bind(kale, Options(source=src, settings={"index_dir": str(src.parent / "ix")})))
     groups = sum(pq.ParquetFile(p).num_row_groups for p in sorted(src.rglob("*.parquet")))
     assert len(tasks) == groups
-    small = kale.plan(Options(source=src, settings={"task_rows": "3", "index_dir": str(src.parent / "ix")}))
+    small = kale.plan(bind(kale, Options(source=src, settings={"task_rows": "3", "index_dir": str(src.parent / "ix")})))
     assert len(small) > len(tasks)
     assert all(t.options["stop"] - t.options["start"] <= 3 for t in small)
 
@@ -238,21 +245,21 @@ def test_columns_under_other_names_map_with_column_option(tmp_path):
     assert len(loaded["core"]) == 2 and len(loaded["full"]) == 5
     assert loaded["full"][0]["meta"]["upstream"] == {"uid": rows[0]["uid"]}
     with pytest.raises(ValueError, match="unknown field"):
-        kale.plan(Options(source=tmp_path / "src", columns={"image": "x"}))
+        kale.plan(bind(kale, Options(source=tmp_path / "src", columns={"image": "x"})))
 
 
 def test_layout_errors_are_clear(tmp_path):
     with pytest.raises(BuildError, match="neither data_core_set/ nor data_full_set/ is under"):
-        kale.plan(Options(source=tmp_path))
+        kale.plan(bind(kale, Options(source=tmp_path)))
     (tmp_path / "data_core_set").mkdir()
     with pytest.raises(BuildError, match="holds no .parquet files"):
-        kale.plan(Options(source=tmp_path))
+        kale.plan(bind(kale, Options(source=tmp_path)))
     with pytest.raises(ValueError, match="caption_prompt= is empty"):
-        kale.settings({"caption_prompt": "  "}, 100, None)
+        kale.settings(typed({"caption_prompt": "  "}), 100, None)
     with pytest.raises(ValueError, match="unknown --set fetch_image"):
-        kale.settings({"fetch_image": "true"}, 100, None)
+        kale.settings(typed({"fetch_image": "true"}), 100, None)
     with pytest.raises(ValueError, match="fetch_concurrency=0"):
-        kale.settings({"fetch_concurrency": "0"}, 100, None)
+        kale.settings(typed({"fetch_concurrency": "0"}), 100, None)
 
 
 # --- fetching ------------------------------------------------------------------------------------------

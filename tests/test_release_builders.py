@@ -12,14 +12,15 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hubsets.builders import allava, kale, stablellava, synth2
+from hubsets.builders import allava, kale, skvqa, stablellava, synth2
 
 from hubsets import cli
 from hubsets.build import build
 from hubsets.builder import BuildError, Options
-from hubsets.settings import Setting, SettingError, bind
+from hubsets.settings import Setting, SettingError, bind, jsonable
 from hubsets.testing import samples
 
 NOT_NAMED = "not named by any config in the upstream README.md"
@@ -37,6 +38,11 @@ def summary(manifest: dict) -> tuple:
 
 def card(out: Path) -> str:
     return " ".join((out / "README.md").read_text(encoding="utf-8").split())
+
+
+def typed(values: dict[str, str]) -> Any:
+    """`--set` strings typed as a build binds them (`Options.values`)."""
+    return bind(kale, Options(source=Path("."), settings=values)).values
 
 
 def test_allava_reads_the_files_its_configs_name(tmp_path):
@@ -74,7 +80,7 @@ def test_allava_reads_the_files_its_configs_name(tmp_path):
     assert f"`{laion_cap}`" in text_card and f"Input files not read as rows, {NOT_NAMED}: 3" in text_card
     with pytest.raises(BuildError, match="subsets=text: none of its files .* named by the upstream README"):
         readme(sample.root, f"- config_name: allava_laion\n  data_files: {laion_cap}\n")
-        allava.plan(Options(source=sample.root, settings={**sample.settings, "subsets": "text"}))
+        allava.plan(bind(allava, Options(source=sample.root, settings={**sample.settings, "subsets": "text"})))
 
 
 def test_allava_readme_of_an_earlier_revision_names_root_files(tmp_path):
@@ -119,10 +125,10 @@ def test_kale_reads_the_shards_its_configs_name(tmp_path):
     assert "config_name: full" not in (tmp_path / "c" / "README.md").read_text(encoding="utf-8")
     shutil.rmtree(src / "data_core")
     with pytest.raises(BuildError, match="declares configs core, full, but no shard of config core or full"):
-        kale.plan(Options(source=src))
+        kale.plan(bind(kale, Options(source=src)))
     (src / "README.md").write_text("---\nconfigs:\n- data_files: x\n---\n", encoding="utf-8")
     with pytest.raises(BuildError, match="README.md: .*has no config_name"):
-        kale.plan(Options(source=src))
+        kale.plan(bind(kale, Options(source=src)))
 
 
 def test_stablellava_hub_copy_and_github_root(tmp_path):
@@ -191,21 +197,32 @@ def test_info_gives_layout_download_every_setting_and_export(builder):
 
 
 def test_kale_settings_are_parsed_in_one_place(tmp_path):
-    s = kale.settings({"fetch_images": "yes", "index_buckets": "3", "caption_prompt": "Caption it."}, 100, tmp_path)
+    given = {"fetch_images": "yes", "index_buckets": "3", "caption_prompt": "Caption it."}
+    s = kale.settings(typed(given), 100, tmp_path)
     assert (s.fetch_images, s.task_rows, s.index_buckets, s.caption_prompt) == (True, 1024, 3, "Caption it.")
     assert s.fetch_cache == tmp_path / ".cache" / "fetch" and s.index_dir == tmp_path / ".cache"
-    assert kale.settings({}, 100, None).task_rows == 100_000
+    assert kale.settings(typed({}), 100, None).task_rows == 100_000
     for values, message in (({"index_buckets": "0"}, "index_buckets=0: must be a positive integer"),
                             ({"task_rows": "many"}, r"task_rows=many: expected a number \(int\)"),
                             ({"fetch_images": "maybe"}, "fetch_images=maybe: expected true or false"),
                             ({"fetch_verify": "never"}, "fetch_verify=never: expected one of header, decode"),
                             ({"index_bucket": "2"}, "unknown --set index_bucket for kale; known: fetch_images")):
         with pytest.raises(SettingError, match=message):
-            kale.settings(values, 100, None)
+            kale.settings(typed(values), 100, None)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         code = cli.main(["build", "kale", "--source", str(tmp_path), "--out", str(tmp_path / "o"),
                          "--set", "task_rows=0"])
     assert code != 0 and stderr.getvalue().count("\n") == 1 and "task_rows=0" in stderr.getvalue()
-    manifest_settings = json.dumps({"index_dir": str(tmp_path)})
-    assert kale.settings(json.loads(manifest_settings), 100, None).index_dir == tmp_path
+    manifest_values = json.dumps(jsonable(typed({"index_dir": str(tmp_path)})))
+    assert kale.settings(json.loads(manifest_values), 100, None).index_dir == tmp_path
+
+
+def test_the_manifest_records_every_setting_as_the_build_read_it(skvqa_built):
+    """`options.values`: every declared key, defaults included and typed, is what the card sections read
+    (builders never parse the raw `--set` strings again)."""
+    manifest = json.loads((skvqa_built / "hubsets.json").read_text())
+    values = manifest["options"]["values"]
+    assert set(values) == {s.name for s in skvqa.SETTINGS}
+    assert manifest["options"]["settings"] == {} and values["context_in_prompt"] is True
+    assert values["fetch_images"] is False and isinstance(values["fetch_concurrency"], int)

@@ -465,6 +465,7 @@ def _manifest(builder: Builder, options: Options, files: list[WrittenFile], read
         "upstream": {"repo": builder.UPSTREAM_REPO, "revision": options.revision or builder.UPSTREAM_REVISION},
         "options": {"columns": dict(sorted(options.columns.items())),
                     "settings": dict(sorted(options.settings.items())),
+                    "values": settings.jsonable(options.values),
                     "max_pixels": options.max_pixels, "allow_bad_files": allow_bad_files},
         "files": describe(files),
         "partitions": [{"split": p.split, "origin": p.origin, "signature": p.signature,
