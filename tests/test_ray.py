@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from hubsets import registry
 from hubsets.build import build
 from hubsets.build.ray_runner import run_calls
 from hubsets.build.task import Records, run_task
 from hubsets.builder import BuildError, Options, Task
+from hubsets.settings import bind
 from hubsets.testing import samples
 
 
@@ -95,7 +97,8 @@ def test_a_failing_task_raises_its_own_error_naming_the_file(cluster, source, tm
     done: list[str] = []
 
     def run(name: str, todo: list[tuple[Task, str]], src: Path = source, limit: int | None = None) -> None:
-        calls = [(name, task, i, Options(source=src), out, key) for i, (task, key) in enumerate(todo)]
+        options = bind(registry.get(name), Options(source=src))  # as the driver hands them to tasks
+        calls = [(name, task, i, options, out, key) for i, (task, key) in enumerate(todo)]
         where = [t.file if t.parts == 1 else f"{t.file} (part {t.part + 1}/{t.parts})" for t, _ in todo]
         run_calls(run_task, calls, where, None, on_done=lambda _: done.append("x"), max_in_flight=limit)
 
