@@ -369,10 +369,15 @@ class _Pool:
     def check_nodes(self, options: Options, *, remote_out: bool) -> None:
         """With Ray: join the cluster now and check that every node sees the build's folders."""
         if self.runner == "ray":
-            from hubsets.build.ray_runner import check_nodes, connect
+            from hubsets.build.ray_runner import check_nodes
 
-            self._ray_started = connect(self.ray_address) or self._ray_started
+            self._join_ray()
             check_nodes(options, remote_out=remote_out)
+
+    def _join_ray(self) -> None:
+        from hubsets.build.ray_runner import connect
+
+        self._ray_started = connect(self.ray_address) or self._ray_started
 
     def run(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], where: Sequence[str], *,
             on_done: Callable[[Any], None] | None = None, inline: bool = False) -> list[Any]:
@@ -381,10 +386,9 @@ class _Pool:
         if not calls:
             return []
         if self.runner == "ray" and not inline:
-            from hubsets.build.ray_runner import connect, run_calls
+            from hubsets.build.ray_runner import run_calls
 
-            self._ray_started = connect(self.ray_address) or self._ray_started
-
+            self._join_ray()
             return run_calls(fn, calls, where, self.ray_address, on_done=on_done)
         if self.workers <= 1 or inline:
             results = []
